@@ -1,0 +1,233 @@
+"""REST routes, their request models, and the one error format every route answers with."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    BodyTooLarge,
+    DppError,
+    InvalidParameter,
+    MalformedJSON,
+    MethodNotAllowed,
+    NotFound,
+)
+from app.logs import request_id
+from app.params import GenerationParams, params_from
+from app.service import Service
+
+log = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TYPE_WORDS = {
+    "string_type": "字符串", "int_type": "整数", "float_type": "数字", "list_type": "列表",
+    "bool_type": "布尔值", "model_attributes_type": "JSON 对象", "dict_type": "JSON 对象",
+}
+
+
+class UTF8JSONResponse(JSONResponse):
+    """JSON with Chinese written as itself, not as \\u escapes."""
+
+    media_type = "application/json; charset=utf-8"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class _GenerationFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    num_return_sequences: StrictInt | None = None
+    max_length: StrictInt | None = None
+    temperature: StrictFloat | StrictInt | None = None
+    top_k: StrictInt | None = None
+    top_p: StrictFloat | StrictInt | None = None
+    seed: StrictInt | None = None
+    engine: StrictStr | None = None
+
+    def params(self) -> GenerationParams:
+        return params_from(self.model_dump())
+
+
+class AugmentRequest(_GenerationFields):
+    text: StrictStr
+
+
+class AugmentBatchRequest(_GenerationFields):
+    texts: list[StrictStr]
+
+
+router = APIRouter()
+
+
+def _service(request: Request) -> Service:
+    return request.app.state.service
+
+
+@router.post("/augment")
+def augment(body: AugmentRequest, request: Request) -> dict:
+    result = _service(request).augment([body.text], body.params(), engine=body.engine, field_name="text")
+    variants = result.variants[0]
+    return {
+        "original": body.text,
+        "augmented_texts": variants,
+        "augmented": variants,
+        "engine": result.engine,
+        "request_id": request_id.get(),
+        "elapsed_ms": round(result.elapsed_ms, 1),
+    }
+
+
+@router.post("/augment_batch")
+def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
+    result = _service(request).augment(body.texts, body.params(), engine=body.engine, field_name="texts")
+    return {
+        "results": [
+            {"original": original, "augmented_texts": variants}
+            for original, variants in zip(result.originals, result.variants)
+        ],
+        "augmented_texts": [text for variants in result.variants for text in variants],
+        "engine": result.engine,
+        "request_id": request_id.get(),
+        "elapsed_ms": round(result.elapsed_ms, 1),
+    }
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request) -> UTF8JSONResponse:
+    readiness = _service(request).readiness()
+    if readiness.ready:
+        return UTF8JSONResponse({"status": "ready", **readiness.info})
+    return UTF8JSONResponse({"status": readiness.status, "reason": readiness.reason}, status_code=503)
+
+
+def error_response(error: DppError) -> UTF8JSONResponse:
+    return UTF8JSONResponse({"error": error.body(), "request_id": request_id.get()}, status_code=error.status)
+
+
+def _field_name(loc: tuple) -> str | None:
+    parts = [p for p in loc if p != "body"]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or None
+
+
+def _from_validation(exc: RequestValidationError) -> DppError:
+    first = exc.errors()[0]
+    kind, field = first["type"], _field_name(tuple(first["loc"]))
+    if kind == "json_invalid":
+        return MalformedJSON(f"请求体不是合法的 JSON：{first.get('ctx', {}).get('error', first['msg'])}")
+    if field is None:
+        if kind == "missing":
+            return MalformedJSON("请求体为空：需要一个 JSON 对象")
+        return InvalidParameter("请求体必须是一个 JSON 对象")
+    if kind == "missing":
+        return InvalidParameter(f"缺少字段 {field}", field=field)
+    if kind == "extra_forbidden":
+        return InvalidParameter(f"未知字段 {field}", field=field)
+    if kind in _TYPE_WORDS:
+        return InvalidParameter(f"{field} 应为{_TYPE_WORDS[kind]}（收到 {first.get('input')!r}）", field=field)
+    return InvalidParameter(f"{field} 无效：{first['msg']}", field=field)
+
+
+async def _on_dpp_error(request: Request, exc: DppError) -> UTF8JSONResponse:
+    if exc.status >= 500:
+        log.error("%s %s answered %d (%s): %s", request.method, request.url.path, exc.status,
+                  type(exc).__name__, exc.message)
+    return error_response(exc)
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> UTF8JSONResponse:
+    return error_response(_from_validation(exc))
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8JSONResponse:
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法"))
+    if exc.status_code == 404:
+        return error_response(NotFound(f"没有 {request.url.path} 这个接口"))
+    error = DppError(str(exc.detail))
+    error.status, error.code = exc.status_code, "http_error"
+    return error_response(error)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> UTF8JSONResponse:
+    log.exception("%s %s failed (%s)", request.method, request.url.path, type(exc).__name__)
+    return error_response(DppError("服务器内部错误，请查看日志（按 request_id 检索）"))
+
+
+class RequestContext:
+    """ASGI middleware: a request id for every log line and response, and the body size limit."""
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        try:
+            declared = headers.get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+                await error_response(self._too_large())(scope, receive, send)
+                return
+            await self.app(scope, self._limited(receive), self._tagged(send, rid))
+        finally:
+            request_id.reset(token)
+
+    def _too_large(self) -> BodyTooLarge:
+        return BodyTooLarge(f"请求体超过上限 {self.max_body_bytes} 字节")
+
+    def _limited(self, receive):
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()
+            return message
+
+        return limited_receive
+
+    @staticmethod
+    def _tagged(send, rid: str):
+        async def tagged_send(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        return tagged_send
+
+
+def install(app: FastAPI, max_body_bytes: int) -> None:
+    """Add the routes, the error handlers and the request middleware to `app`."""
+    app.include_router(router)
+    app.add_exception_handler(DppError, _on_dpp_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)

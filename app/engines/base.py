@@ -1,0 +1,21 @@
+"""The engine protocol: every engine answers `generate` and `score` on whole batches."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from app.params import GenerationParams
+
+
+class Engine(Protocol):
+    name: str
+    can_score: bool
+
+    def info(self) -> dict:
+        """Model path, device, dtype and load time, for /readyz and the page banner."""
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[str]]:
+        """Return, per prompt and in order, up to `num_return_sequences` decoded outputs."""
+
+    def score(self, prompt: str, candidates: list[str]) -> list[float]:
+        """Return the log-probability of each candidate as the output for `prompt`."""

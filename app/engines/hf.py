@@ -1,0 +1,144 @@
+"""mT5 through transformers and torch: the reference engine, on GPU or CPU."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from app.engines.model_files import inspect_model_dir
+from app.errors import ModelUnavailable
+from app.params import GenerationParams
+
+log = logging.getLogger(__name__)
+
+# Weights that transformers recreates from others when missing from a checkpoint.
+_DERIVED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise ModelUnavailable(
+            f"mT5 引擎需要 torch 和 transformers（{exc}）：请用 ./start_dpp.sh 按 requirements.lock 安装"
+        ) from exc
+    return torch, transformers
+
+
+def pick_device(torch, requested: str) -> str:
+    """Resolve 'auto' to cuda:0 when a GPU is usable, else cpu; refuse a GPU that is not there."""
+    if requested == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelUnavailable(f"请求的设备 {requested} 不可用：未检测到 CUDA")
+    return "cuda:0" if requested == "cuda" else requested
+
+
+def pick_dtype(torch, device: str, requested: str):
+    """Float32 on CPU; bfloat16 on GPUs that support it, float32 on those that do not."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device == "cpu":
+        return torch.float32
+    # T5 activations overflow in float16 (garbage or <unk> output); bfloat16 keeps float32's range.
+    # Emulated bfloat16 (T4, V100) is slower than float32, so only native support counts.
+    with torch.cuda.device(device):
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    return torch.bfloat16 if native else torch.float32
+
+
+class HFEngine:
+    """Loads a local T5/mT5 checkpoint and answers `generate` and `score` in batches."""
+
+    name = "mt5"
+    can_score = True
+
+    def __init__(self, model_dir: Path, *, device: str = "auto", dtype: str = "auto",
+                 max_input_tokens: int = 512) -> None:
+        torch, transformers = _import_torch()
+        files = inspect_model_dir(model_dir)
+        started = time.monotonic()
+        self._torch = torch
+        self._device = pick_device(torch, device)
+        self._dtype = pick_dtype(torch, self._device, dtype)
+        self._max_input_tokens = max_input_tokens
+        try:
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            model, loading = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+                model_dir, local_files_only=True, dtype=self._dtype, output_loading_info=True
+            )
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, EOFError) as exc:
+            raise ModelUnavailable(f"模型目录 {model_dir} 的权重无法加载：{_one_line(exc)}") from exc
+        _check_complete(model_dir, loading)
+        self._model = model.to(self._device).eval()
+        self._files = files
+        self._load_seconds = time.monotonic() - started
+        log.info("Model loaded successfully on %s in %.1f s (dtype=%s layout=%s)",
+                 self._device, self._load_seconds, str(self._dtype).removeprefix("torch."), files.layout)
+
+    def info(self) -> dict:
+        return {
+            "engine": self.name,
+            "model": str(self._files.directory),
+            "layout": self._files.layout,
+            "device": self._device,
+            "dtype": str(self._dtype).removeprefix("torch."),
+            "load_seconds": round(self._load_seconds, 2),
+        }
+
+    def _encode(self, prompts: list[str]):
+        return self._tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self._max_input_tokens
+        ).to(self._device)
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[list[str]]:
+        torch = self._torch
+        per_prompt = params.num_return_sequences if params.do_sample else 1
+        options = {
+            "max_new_tokens": params.max_length,
+            "min_new_tokens": params.min_new_tokens,
+            "num_return_sequences": per_prompt,
+            "do_sample": params.do_sample,
+        }
+        if params.do_sample:
+            options.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        else:
+            options.update(temperature=None, top_k=None, top_p=None)
+        with torch.inference_mode():
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            output = self._model.generate(**self._encode(prompts), **options)
+        texts = self._tokenizer.batch_decode(output, skip_special_tokens=True)
+        return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
+
+    def score(self, prompt: str, candidates: list[str]) -> list[float]:
+        """Sum of token log-probabilities of each candidate (with its end token) after `prompt`."""
+        torch = self._torch
+        with torch.inference_mode():
+            encoded = self._encode([prompt])
+            hidden = self._model.get_encoder()(**encoded).last_hidden_state
+            labels = self._tokenizer(candidates, return_tensors="pt", padding=True).input_ids.to(self._device)
+            real = labels != self._tokenizer.pad_token_id
+            count = len(candidates)
+            logits = self._model(
+                encoder_outputs=(hidden.expand(count, -1, -1),),
+                attention_mask=encoded.attention_mask.expand(count, -1),
+                labels=labels.masked_fill(~real, -100),
+            ).logits
+            token_logprobs = logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+            return (token_logprobs * real).sum(-1).tolist()
+
+
+def _check_complete(model_dir: Path, loading: dict) -> None:
+    missing = [k for k in loading.get("missing_keys", ()) if not k.endswith(_DERIVED_KEYS)]
+    mismatched = list(loading.get("mismatched_keys", ()))
+    if missing or mismatched:
+        detail = f"缺少 {len(missing)} 个张量（如 {missing[0]}）" if missing else f"{len(mismatched)} 个张量形状不符"
+        raise ModelUnavailable(f"模型目录 {model_dir} 的权重与 config.json 不匹配：{detail}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"

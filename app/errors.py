@@ -1,0 +1,77 @@
+"""Error types: each carries its HTTP status and a stable code; one handler renders them."""
+
+from __future__ import annotations
+
+
+class DppError(Exception):
+    """Base error; `message` is shown to users as is, so it never holds a trace."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict:
+        return {"code": self.code, "message": self.message, "field": self.field}
+
+
+class InvalidParameter(DppError):
+    status, code = 422, "invalid_parameter"
+
+
+class TextEmpty(DppError):
+    status, code = 422, "text_empty"
+
+
+class TextTooLong(DppError):
+    status, code = 422, "text_too_long"
+
+
+class BatchTooLarge(DppError):
+    status, code = 422, "batch_too_large"
+
+
+class EngineUnavailable(DppError):
+    status, code = 422, "engine_unavailable"
+
+
+class MalformedJSON(DppError):
+    status, code = 400, "malformed_json"
+
+
+class BodyTooLarge(DppError):
+    status, code = 413, "body_too_large"
+
+
+class NotFound(DppError):
+    status, code = 404, "not_found"
+
+
+class MethodNotAllowed(DppError):
+    status, code = 405, "method_not_allowed"
+
+
+class NotReady(DppError):
+    status, code = 503, "not_ready"
+
+
+class RequestTimeout(DppError):
+    status, code = 504, "timeout"
+
+
+class ModelUnavailable(DppError):
+    """The model directory is missing, incomplete, corrupt or of another architecture."""
+
+    status, code = 503, "model_unavailable"
+
+
+class EngineContractError(DppError):
+    """An engine broke the protocol: a bug on our side, never the client's."""
+
+    status, code = 500, "internal"
+
+    def __init__(self, engine: str, expected: int, got: int) -> None:
+        super().__init__(f"engine {engine} returned {got} outputs for {expected} prompts")

@@ -1,0 +1,121 @@
+"""Every default and limit of the app, read once: flags > DPP_* environment > defaults."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_ID = "damo/nlp_mt5_zero-shot-augment_chinese-base"
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A flag or DPP_* variable has a value the app cannot use."""
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    host: str = _opt("0.0.0.0", "address to listen on")
+    port: int = _opt(7860, "port for the UI and the API")
+    model_dir: Path = _opt(
+        ROOT / "models" / "nlp_mt5_zero-shot-augment_chinese-base",
+        "local model directory (ModelScope or Hugging Face layout)",
+    )
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    cpu_only: bool = _opt(False, "never use a GPU (same as --device cpu)")
+    dtype: str = _opt("auto", "compute dtype: auto, float32, bfloat16, float16")
+    log_dir: Path = _opt(ROOT / "logs", "where webui.log is written (rotated daily, 7 kept)")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    templates_file: Path = _opt(
+        ROOT / "app" / "templates.json", "prompt templates, editable without touching code"
+    )
+    max_text_chars: int = _opt(1000, "longest accepted text, in characters")
+    max_batch_texts: int = _opt(50, "most texts in one batch request")
+    max_body_bytes: int = _opt(1_048_576, "largest accepted request body, in bytes")
+    max_input_tokens: int = _opt(512, "prompt tokens kept; longer prompts are truncated")
+    max_batch_size: int = _opt(16, "most prompts in one engine call")
+    resample_rounds: int = _opt(2, "extra sampling rounds to reach the requested distinct variants")
+    request_timeout_s: float = _opt(300.0, "longest wait for the engine before a 504")
+    ui_concurrency: int = _opt(8, "UI and Gradio API events that may run at once")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise SettingsError(f"port must be 1-65535, got {self.port}")
+        if not DEVICE_PATTERN.match(self.device):
+            raise SettingsError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        for name in ("max_text_chars", "max_batch_texts", "max_body_bytes", "max_input_tokens",
+                     "max_batch_size", "ui_concurrency"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.resample_rounds < 0:
+            raise SettingsError(f"resample_rounds must be 0 or more, got {self.resample_rounds}")
+        if self.request_timeout_s <= 0:
+            raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+
+    @property
+    def effective_device(self) -> str:
+        return "cpu" if self.cpu_only else self.device
+
+
+def setting_fields() -> list[Any]:
+    return list(fields(Settings))
+
+
+def default_of(f: Any) -> Any:
+    return f.default if f.default is not MISSING else None
+
+
+def env_name(name: str) -> str:
+    return "DPP_" + name.upper()
+
+
+def _coerce(f: Any, raw: Any) -> Any:
+    kind = type(default_of(f))
+    if isinstance(raw, kind) and kind is not bool:
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            lowered = text.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+        if issubclass(kind, Path):
+            return Path(text).expanduser().resolve()
+        return text
+    except ValueError:
+        raise SettingsError(f"{f.name} ({env_name(f.name)}): cannot read {text!r} as {kind.__name__}") from None
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
+    """Pick each setting from flags, then DPP_* variables, then the default."""
+    picked = {}
+    for f in fields(Settings):
+        raw = flags.get(f.name)
+        if raw is None:
+            raw = env.get(env_name(f.name))
+        if raw is not None:
+            picked[f.name] = _coerce(f, raw)
+    return Settings(**picked)

@@ -1,0 +1,255 @@
+"""The Gradio Blocks page and the Gradio API: thin handlers that call the service and format."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+
+from app.errors import DppError, InvalidParameter, TextEmpty
+from app.params import (
+    DEFAULTS,
+    MAX_LENGTH_RANGE,
+    NUM_RETURN_SEQUENCES_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_K_RANGE,
+    TOP_P_RANGE,
+    GenerationParams,
+    params_from,
+)
+from app.service import Service
+
+MAX_VARIANTS = NUM_RETURN_SEQUENCES_RANGE[1]
+CSV_HEADERS = ["原文", "增强结果"]
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "dpp-downloads"
+DOWNLOAD_MAX_AGE_S = 3600
+
+# Works on plain http://host:7860 too, where browsers hide navigator.clipboard.
+COPY_JS = """(text) => {
+  if (!text) { return []; }
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(text);
+  } else {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  return [];
+}"""
+
+CSS = ".dpp-banner {padding: 0.6em 1em; border-radius: 8px; background: var(--block-background-fill);}"
+
+
+def _shown_in_page(handler):
+    """Turn the service's errors into a readable message in the page, never a stack trace."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except DppError as exc:
+            raise gr.Error(exc.message, title="请求未完成", print_exception=False) from exc
+
+    return wrapper
+
+
+def _whole(value):
+    """Sliders and JSON clients may send 3.0 for 3; the params want integers there."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed) -> GenerationParams:
+    values = dict(num_return_sequences=num_return_sequences, max_length=max_length,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    return params_from({name: _whole(value) for name, value in values.items()})
+
+
+def format_plain(variants: list[str]) -> str:
+    return "\n".join(variants)
+
+
+def format_markdown(original: str, variants: list[str]) -> str:
+    lines = [f"**原文**：{original}", "", "**增强结果**：", ""]
+    lines += [f"{i}. {variant}" for i, variant in enumerate(variants, 1)]
+    return "\n".join(lines)
+
+
+def status_line(found: int, wanted: int, engine: str, elapsed_ms: float) -> str:
+    line = f"生成 {found} 条不同的结果（引擎 {engine}，耗时 {elapsed_ms:.0f} ms）"
+    if found < wanted:
+        line += f"；模型只给出了 {found} 条与原文不同且互不重复的结果"
+    return line
+
+
+def banner(service: Service) -> str:
+    readiness = service.readiness()
+    if readiness.ready:
+        info = readiness.info
+        return (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "
+                f"{info.get('dtype')} · 模型目录 `{info.get('model')}`")
+    if readiness.status == "loading":
+        return "⏳ 模型加载中，请稍候刷新页面。"
+    return f"⚠️ **模型未就绪**：{readiness.reason}"
+
+
+@_shown_in_page
+def on_augment(service: Service, text, n, temperature, max_length, top_k, top_p, seed):
+    params = ui_params(n, max_length, temperature, top_k, top_p, seed)
+    result = service.augment([text or ""], params, field_name="text")
+    variants = result.variants[0]
+    boxes = [gr.Textbox(value=v, visible=True) for v in variants]
+    boxes += [gr.Textbox(value="", visible=False)] * (MAX_VARIANTS - len(variants))
+    status = status_line(len(variants), params.num_return_sequences, result.engine, result.elapsed_ms)
+    return *boxes, format_plain(variants), format_markdown(text.strip(), variants), status
+
+
+def batch_lines(text: str | None) -> list[str]:
+    """One text per non-blank line, in order."""
+    return [line for line in (text or "").splitlines() if line.strip()]
+
+
+def write_csv(rows: list[list[str]]) -> Path:
+    """Write the table as UTF-8 CSV with a BOM, so Excel opens the Chinese correctly."""
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - DOWNLOAD_MAX_AGE_S
+    for old in DOWNLOAD_DIR.glob("dpp-batch-*.csv"):
+        if old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+    path = DOWNLOAD_DIR / f"dpp-batch-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+    with path.open("w", encoding="utf-8-sig", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(CSV_HEADERS)
+        writer.writerows(rows)
+    return path
+
+
+@_shown_in_page
+def on_augment_batch(service: Service, text, n, temperature, max_length, top_k, top_p, seed):
+    texts = batch_lines(text)
+    if not texts:
+        raise TextEmpty("请输入至少一行文本（每行一条）", field="texts")
+    params = ui_params(n, max_length, temperature, top_k, top_p, seed)
+    result = service.augment(texts, params, field_name="texts")
+    rows = [[original, variant] for original, variants in zip(texts, result.variants) for variant in variants]
+    found = sum(map(len, result.variants))
+    status = (f"{len(texts)} 条文本共生成 {found} 条结果（引擎 {result.engine}，"
+              f"耗时 {result.elapsed_ms:.0f} ms）")
+    plain = "\n".join("\t".join(row) for row in rows)
+    return rows, gr.DownloadButton(value=str(write_csv(rows)), visible=True), plain, status
+
+
+def _checked_strings(values: object, field: str) -> list[str]:
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InvalidParameter(f"{field} 应为字符串列表", field=field)
+    return values
+
+
+@_shown_in_page
+def api_augment(service: Service, text, num_return_sequences, max_length, temperature, top_k, top_p,
+                seed, engine) -> list[str]:
+    params = ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed)
+    texts = _checked_strings([text], "text")
+    return service.augment(texts, params, engine=engine, field_name="text").variants[0]
+
+
+@_shown_in_page
+def api_augment_batch(service: Service, texts, num_return_sequences, max_length, temperature, top_k,
+                      top_p, seed, engine) -> list[list[str]]:
+    params = ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed)
+    texts = _checked_strings(texts, "texts")
+    return service.augment(texts, params, engine=engine, field_name="texts").variants
+
+
+def _parameter_controls(count_label: str):
+    count = gr.Slider(*NUM_RETURN_SEQUENCES_RANGE, value=DEFAULTS.num_return_sequences, step=1, label=count_label)
+    temperature = gr.Slider(*TEMPERATURE_RANGE, value=DEFAULTS.temperature, step=0.05, label="温度",
+                            info="越高越多样，越低越保守")
+    max_length = gr.Slider(*MAX_LENGTH_RANGE, value=DEFAULTS.max_length, step=1, label="最大长度",
+                           info="每条结果最多生成的 token 数")
+    top_k = gr.Slider(*TOP_K_RANGE, value=DEFAULTS.top_k, step=1, label="Top-K", info="0 表示不限制")
+    top_p = gr.Slider(*TOP_P_RANGE, value=DEFAULTS.top_p, step=0.01, label="Top-P")
+    seed = gr.Number(value=None, precision=0, label="随机种子（可选）", info="填写后结果可复现")
+    return [count, temperature, max_length, top_k, top_p, seed]
+
+
+def build(service: Service) -> gr.Blocks:
+    """Lay out the page and wire its events; the public API is /augment and /augment_batch."""
+    limits = service.settings
+    with gr.Blocks(title="dpp 中文文本增强") as demo:
+        gr.Markdown("# dpp 中文文本增强与零样本分类")
+        status_banner = gr.Markdown(elem_classes="dpp-banner")
+        with gr.Tab("单条增强"):
+            text = gr.Textbox(label="输入文本", lines=4, max_length=limits.max_text_chars,
+                              placeholder=f"输入一段中文（最多 {limits.max_text_chars} 字）")
+            with gr.Row():
+                single_controls = _parameter_controls("生成数量")
+            run_single = gr.Button("开始增强", variant="primary")
+            single_status = gr.Markdown()
+            variant_boxes = [
+                gr.Textbox(label=f"结果 {i}", visible=False, interactive=False, buttons=["copy"])
+                for i in range(1, MAX_VARIANTS + 1)
+            ]
+            with gr.Row():
+                copy_all = gr.Button("复制全部")
+                copy_markdown = gr.Button("复制为Markdown")
+            plain_text = gr.Textbox(visible=False)
+            markdown_text = gr.Textbox(visible=False)
+        with gr.Tab("批量增强"):
+            batch_text = gr.Textbox(label=f"每行一条文本（最多 {limits.max_batch_texts} 条）", lines=10)
+            with gr.Accordion("生成参数", open=True):
+                with gr.Row():
+                    batch_controls = _parameter_controls("每条生成数量")
+            run_batch = gr.Button("批量增强", variant="primary")
+            batch_status = gr.Markdown()
+            table = gr.Dataframe(headers=CSV_HEADERS, datatype=["str", "str"], interactive=False,
+                                 wrap=True, buttons=["copy"])
+            with gr.Row():
+                copy_table = gr.Button("复制全部")
+                download = gr.DownloadButton("下载 CSV", visible=False)
+            table_text = gr.Textbox(visible=False)
+
+        demo.load(functools.partial(banner, service), outputs=status_banner, api_visibility="private")
+        run_single.click(functools.partial(on_augment, service), inputs=[text, *single_controls],
+                         outputs=[*variant_boxes, plain_text, markdown_text, single_status],
+                         api_visibility="private")
+        copy_all.click(None, inputs=plain_text, js=COPY_JS, api_visibility="private")
+        copy_markdown.click(None, inputs=markdown_text, js=COPY_JS, api_visibility="private")
+        run_batch.click(functools.partial(on_augment_batch, service), inputs=[batch_text, *batch_controls],
+                        outputs=[table, download, table_text, batch_status], api_visibility="private")
+        copy_table.click(None, inputs=table_text, js=COPY_JS, api_visibility="private")
+        _public_api(service)
+    demo.queue(default_concurrency_limit=limits.ui_concurrency)
+    return demo
+
+
+def _public_api(service: Service) -> None:
+    """Named endpoints for gradio_client, with the REST contract's parameters and defaults."""
+
+    def augment(text: str, num_return_sequences: int = DEFAULTS.num_return_sequences,
+                max_length: int = DEFAULTS.max_length, temperature: float = DEFAULTS.temperature,
+                top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p, seed: int | None = None,
+                engine: str | None = None) -> list[str]:
+        """Return distinct augmented variants of one text."""
+        return api_augment(service, text, num_return_sequences, max_length, temperature, top_k, top_p,
+                           seed, engine)
+
+    def augment_batch(texts: list[str], num_return_sequences: int = DEFAULTS.num_return_sequences,
+                      max_length: int = DEFAULTS.max_length, temperature: float = DEFAULTS.temperature,
+                      top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p, seed: int | None = None,
+                      engine: str | None = None) -> list[list[str]]:
+        """Return, per text and in input order, its augmented variants."""
+        return api_augment_batch(service, texts, num_return_sequences, max_length, temperature, top_k,
+                                 top_p, seed, engine)
+
+    gr.api(augment, api_name="augment")
+    gr.api(augment_batch, api_name="augment_batch")

@@ -1,0 +1,76 @@
+"""Entry point: parse flags, check the port, build the app, serve it with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+import sys
+
+from app.settings import SettingsError, default_of, env_name, load_settings, setting_fields
+
+
+def parse_flags(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="start_dpp.sh",
+        description="dpp: Chinese text augmentation and zero-shot classification (UI and API on one port).",
+        epilog="Every flag can also be set as a DPP_* environment variable (flags win). "
+               "Launcher-only flags: --setup-only (prepare .venv and exit), --dev (also install test packages).",
+    )
+    for f in setting_fields():
+        flag = "--" + f.name.replace("_", "-")
+        default = default_of(f)
+        text = f"{f.metadata['help']} (env {env_name(f.name)}, default {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=text)
+    return vars(parser.parse_args(argv))
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def main(argv: list[str]) -> int:
+    try:
+        settings = load_settings(parse_flags(argv), os.environ)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not port_is_free(settings.host, settings.port):
+        print(f"error: port {settings.port} on {settings.host} is already in use; "
+              f"stop the other process or pass --port", file=sys.stderr)
+        return 1
+    # Nothing may reach for a model hub or phone home, also when started without the launcher.
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
+                        ("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
+        os.environ.setdefault(name, value)
+
+    import uvicorn
+
+    from app.logs import configure_logging
+    from app.server import create_app
+    from app.tasks import TemplatesError
+
+    log_file = configure_logging(settings.log_dir, settings.log_level)
+    try:
+        app = create_app(settings)
+    except TemplatesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
