@@ -67,7 +67,8 @@ class AugmentBatchRequest(_GenerationFields):
     texts: list[StrictStr]
 
 
-router = APIRouter()
+# A body sent with no Content-Type at all is read as JSON too.
+router = APIRouter(strict_content_type=False)
 
 
 def _service(request: Request) -> Service:
@@ -134,6 +135,8 @@ def _from_validation(exc: RequestValidationError) -> DppError:
     if kind == "json_invalid":
         return MalformedJSON(f"请求体不是合法的 JSON：{first.get('ctx', {}).get('error', first['msg'])}")
     if field is None:
+        if isinstance(first.get("input"), bytes):
+            return MalformedJSON("请求体需要是 JSON，并带上请求头 Content-Type: application/json")
         if kind == "missing":
             return MalformedJSON("请求体为空：需要一个 JSON 对象")
         return InvalidParameter("请求体必须是一个 JSON 对象")
@@ -158,8 +161,11 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8JSONResponse:
+    # FastAPI wraps errors raised while it reads the body (our size limit among them).
+    if isinstance(exc.__cause__, DppError):
+        return error_response(exc.__cause__)
     if exc.status_code == 405:
-        return error_response(MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法"))
+        return error_response(_wrong_method(request))
     if exc.status_code == 404:
         return error_response(NotFound(f"没有 {request.url.path} 这个接口"))
     error = DppError(str(exc.detail))
@@ -223,9 +229,21 @@ class RequestContext:
         return tagged_send
 
 
+def _wrong_method(request: Request) -> MethodNotAllowed:
+    return MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法")
+
+
+def _method_not_allowed(request: Request) -> None:
+    raise _wrong_method(request)
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     """Add the routes, the error handlers and the request middleware to `app`."""
     app.include_router(router)
+    # The page is mounted at "/", which would answer a wrong method on an API path with its 404.
+    for route in router.routes:
+        others = sorted({"GET", "POST", "PUT", "PATCH", "DELETE"} - route.methods)
+        app.add_api_route(route.path, _method_not_allowed, methods=others, include_in_schema=False)
     app.add_exception_handler(DppError, _on_dpp_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

@@ -68,9 +68,21 @@ def _whole(value):
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _seed(value) -> int | None:
+    """The page's seed box holds text: empty means random."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise InvalidParameter(f"随机种子必须是整数（收到 {value!r}）", field="seed") from None
+
+
 def ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed) -> GenerationParams:
     values = dict(num_return_sequences=num_return_sequences, max_length=max_length,
-                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=_seed(seed))
     return params_from({name: _whole(value) for name, value in values.items()})
 
 
@@ -178,7 +190,8 @@ def _parameter_controls(count_label: str):
                            info="每条结果最多生成的 token 数")
     top_k = gr.Slider(*TOP_K_RANGE, value=DEFAULTS.top_k, step=1, label="Top-K", info="0 表示不限制")
     top_p = gr.Slider(*TOP_P_RANGE, value=DEFAULTS.top_p, step=0.01, label="Top-P")
-    seed = gr.Number(value=None, precision=0, label="随机种子（可选）", info="填写后结果可复现")
+    # A Textbox, not a Number: an empty Number reads as 0, which would seed every request.
+    seed = gr.Textbox(value="", label="随机种子（可选）", placeholder="留空表示随机；填写整数后结果可复现")
     return [count, temperature, max_length, top_k, top_p, seed]
 
 
@@ -212,7 +225,7 @@ def build(service: Service) -> gr.Blocks:
             run_batch = gr.Button("批量增强", variant="primary")
             batch_status = gr.Markdown()
             table = gr.Dataframe(headers=CSV_HEADERS, datatype=["str", "str"], interactive=False,
-                                 wrap=True, buttons=["copy"])
+                                 wrap=True, buttons=["copy"], column_widths=["30%", "70%"])
             with gr.Row():
                 copy_table = gr.Button("复制全部")
                 download = gr.DownloadButton("下载 CSV", visible=False)

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny real models built once, and real servers on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.tiny_model import build_tiny_models
+
+ROOT = Path(__file__).resolve().parent.parent
+STARTUP_TIMEOUT_S = 90
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """One random tiny mT5 in the ModelScope, Hugging Face and Hugging Face FP16 layouts."""
+    return build_tiny_models(tmp_path_factory.mktemp("tiny-mt5"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    url: str
+    port: int
+    log_dir: Path
+    process: subprocess.Popen
+
+    def log_text(self) -> str:
+        path = self.log_dir / "webui.log"
+        return path.read_text("utf-8") if path.exists() else ""
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DPP_")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def start_server(tmp_path: Path, *flags: str, wait_ready: bool = True, **env: str) -> LiveServer:
+    """Run webui.py as users do, on a free loopback port; wait for /readyz (or just /healthz)."""
+    port = free_port()
+    log_dir = tmp_path / f"logs-{port}"
+    command = [sys.executable, str(ROOT / "webui.py"), "--host", "127.0.0.1", "--port", str(port),
+               "--log-dir", str(log_dir), *flags]
+    output = open(tmp_path / f"server-{port}.out", "wb")
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=server_env(**env))
+    server = LiveServer(f"http://127.0.0.1:{port}", port, log_dir, process)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    probe = "/readyz" if wait_ready else "/healthz"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: "
+                               f"{(tmp_path / f'server-{port}.out').read_text(errors='replace')}")
+        try:
+            if requests.get(server.url + probe, timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"server not ready within {STARTUP_TIMEOUT_S}s")
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_models, tmp_path_factory):
+    """A real server on the tiny Hugging Face layout model, shared by one test module."""
+    server = start_server(tmp_path_factory.mktemp("server"), "--model-dir", str(tiny_models["huggingface"]))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server_without_model(tmp_path_factory):
+    """A real server pointed at a model directory that does not exist."""
+    tmp = tmp_path_factory.mktemp("no-model")
+    server = start_server(tmp, "--model-dir", str(tmp / "missing-model"), wait_ready=False)
+    yield server
+    server.stop()

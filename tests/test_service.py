@@ -1,0 +1,192 @@
+"""The service: validation against limits, post-processing, resampling, readiness and timeouts."""
+
+import threading
+
+import pytest
+
+from app.engines.hf import HFEngine
+from app.errors import (BatchTooLarge, EngineContractError, EngineUnavailable, InvalidParameter,
+                        ModelUnavailable, NotReady, RequestTimeout, TextEmpty, TextTooLong)
+from app.params import GenerationParams
+from app.service import Service
+from app.settings import Settings
+from app.tasks import load_templates
+
+TEXTS = ["这款耳机的音质很好，佩戴也很舒适。", "物流速度很快", "请问怎么修改收货地址？"]
+
+
+def make_service(engine=None, **overrides) -> Service:
+    settings = Settings(**overrides)
+    service = Service(settings, load_templates(settings.templates_file))
+    if engine is not None:
+        service.load(lambda: engine)
+    return service
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(tiny_models):
+    return HFEngine(tiny_models["huggingface"], device="cpu")
+
+
+class ScriptedEngine:
+    """An engine double that answers each generate call from a script and records the calls."""
+
+    name, can_score = "mt5", True
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = []
+
+    def info(self):
+        return {"engine": self.name, "device": "cpu"}
+
+    def generate(self, prompts, params):
+        self.calls.append((list(prompts), params))
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return answer(prompts, params) if callable(answer) else answer
+
+    def score(self, prompt, candidates):
+        return [0.0] * len(candidates)
+
+
+def test_variants_are_distinct_non_empty_and_never_the_input(tiny_engine):
+    service = make_service(tiny_engine)
+    result = service.augment(TEXTS, GenerationParams(num_return_sequences=4, max_length=12, seed=5))
+    assert result.originals == TEXTS
+    assert len(result.variants) == len(TEXTS)
+    for original, variants in zip(TEXTS, result.variants):
+        assert 1 <= len(variants) <= 4
+        assert len(set(variants)) == len(variants)
+        assert all(v.strip() and v == v.strip() and v != original for v in variants)
+        assert not any("<pad>" in v or "</s>" in v or "<extra_id" in v for v in variants)
+
+
+def test_a_seeded_request_is_reproducible(tiny_engine):
+    service = make_service(tiny_engine)
+    params = GenerationParams(num_return_sequences=3, max_length=10, seed=7)
+    assert service.augment(TEXTS, params).variants == service.augment(TEXTS, params).variants
+
+
+def test_empty_outputs_repeats_and_copies_of_the_input_are_dropped_then_resampled():
+    engine = ScriptedEngine(
+        lambda prompts, p: [["", prompts[0], " 改写一 ", "改写一"]],
+        lambda prompts, p: [["改写一", "改写二", "改写三"][: p.num_return_sequences + 1]],
+    )
+    service = make_service(engine)
+    result = service.augment(["原文 句子"], GenerationParams(num_return_sequences=3, seed=10))
+    assert result.variants == [["改写一", "改写二", "改写三"]]
+    assert len(engine.calls) == 2
+    # The second round asks only for what is missing, with the next seed.
+    assert engine.calls[1][1].num_return_sequences == 2
+    assert engine.calls[1][1].seed == 11
+
+
+def test_whitespace_variants_of_the_input_count_as_copies():
+    engine = ScriptedEngine([["原文 句子", "原文句子", "新的句子"]])
+    result = make_service(engine, resample_rounds=0).augment(["原文句子"], GenerationParams(num_return_sequences=3))
+    assert result.variants == [["新的句子"]]
+
+
+def test_resampling_is_bounded_and_returns_what_exists_without_padding():
+    engine = ScriptedEngine(lambda prompts, p: [[prompt] * p.num_return_sequences for prompt in prompts])
+    service = make_service(engine, resample_rounds=2)
+    result = service.augment(["只会复读"], GenerationParams(num_return_sequences=3))
+    assert result.variants == [[]]
+    assert len(engine.calls) == 3
+
+
+def test_only_prompts_still_short_are_resampled():
+    engine = ScriptedEngine(
+        lambda prompts, p: [["甲一", "甲二"], ["乙一", "乙一"]],
+        lambda prompts, p: [["乙二"]],
+    )
+    result = make_service(engine).augment(["甲", "乙"], GenerationParams(num_return_sequences=2))
+    assert result.variants == [["甲一", "甲二"], ["乙一", "乙二"]]
+    assert engine.calls[1][0] == ["乙"]
+
+
+def test_prompts_are_sent_in_chunks_of_max_batch_size_in_order():
+    engine = ScriptedEngine(lambda prompts, p: [[prompt + "改"] for prompt in prompts])
+    texts = [f"第{i}句" for i in range(7)]
+    result = make_service(engine, max_batch_size=3).augment(texts, GenerationParams(num_return_sequences=1))
+    assert [len(call[0]) for call in engine.calls] == [3, 3, 1]
+    assert result.variants == [[text + "改"] for text in texts]
+
+
+def test_an_engine_that_breaks_the_contract_fails_loudly():
+    engine = ScriptedEngine([["一"]])
+    with pytest.raises(EngineContractError, match="1 outputs for 2 prompts"):
+        make_service(engine).augment(["甲", "乙"], GenerationParams())
+
+
+@pytest.mark.parametrize("texts, error, field", [
+    ([], InvalidParameter, "texts"),
+    (["好", "   "], TextEmpty, "texts[1]"),
+    (["好", "长" * 1001], TextTooLong, "texts[1]"),
+    (["好"] * 51, BatchTooLarge, "texts"),
+])
+def test_texts_are_checked_against_the_limits(texts, error, field):
+    service = make_service(ScriptedEngine([["x"]]))
+    with pytest.raises(error) as caught:
+        service.augment(texts, GenerationParams())
+    assert caught.value.field == field
+
+
+def test_limits_come_from_settings():
+    service = make_service(ScriptedEngine(lambda prompts, p: [["改"] for _ in prompts]),
+                           max_text_chars=5, max_batch_texts=2)
+    with pytest.raises(TextTooLong):
+        service.augment(["六个字的句子"], GenerationParams(), field_name="text")
+    with pytest.raises(BatchTooLarge):
+        service.augment(["一", "二", "三"], GenerationParams())
+
+
+def test_a_service_without_a_model_is_not_ready_and_says_why(tmp_path):
+    service = make_service()
+    assert service.readiness().status == "loading"
+    service.load(lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在")))
+    readiness = service.readiness()
+    assert not readiness.ready and readiness.status == "unavailable"
+    assert str(tmp_path) in readiness.reason
+    with pytest.raises(NotReady, match=str(tmp_path)):
+        service.augment(["好"], GenerationParams())
+
+
+def test_an_unexpected_load_failure_still_leaves_a_reason():
+    service = make_service()
+    service.load(lambda: (_ for _ in ()).throw(MemoryError("out of memory")))
+    assert "MemoryError" in service.readiness().reason
+
+
+def test_asking_for_an_engine_that_is_not_loaded_is_a_clear_422():
+    service = make_service(ScriptedEngine([["x"]]))
+    with pytest.raises(EngineUnavailable) as caught:
+        service.augment(["好"], GenerationParams(), engine="gpt")
+    assert caught.value.status == 422 and caught.value.field == "engine"
+
+
+def test_a_request_that_cannot_reach_the_engine_in_time_gets_a_timeout():
+    service = make_service(ScriptedEngine([["x"]]), request_timeout_s=0.2)
+    service._engine_lock.acquire()
+    try:
+        with pytest.raises(RequestTimeout) as caught:
+            service.augment(["好"], GenerationParams())
+        assert caught.value.status == 504
+    finally:
+        service._engine_lock.release()
+
+
+def test_concurrent_requests_each_get_their_own_variants():
+    engine = ScriptedEngine(lambda prompts, p: [[prompt + "·改"] for prompt in prompts])
+    service = make_service(engine)
+    results = {}
+
+    def run(text):
+        results[text] = service.augment([text], GenerationParams(num_return_sequences=1)).variants
+
+    threads = [threading.Thread(target=run, args=(f"第{i}条",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {f"第{i}条": [[f"第{i}条·改"]] for i in range(8)}
