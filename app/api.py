@@ -49,9 +49,9 @@ class _GenerationFields(BaseModel):
 
     num_return_sequences: StrictInt | None = None
     max_length: StrictInt | None = None
-    temperature: StrictFloat | StrictInt | None = None
+    temperature: StrictFloat | None = None
     top_k: StrictInt | None = None
-    top_p: StrictFloat | StrictInt | None = None
+    top_p: StrictFloat | None = None
     seed: StrictInt | None = None
     engine: StrictStr | None = None
 
@@ -193,12 +193,13 @@ class RequestContext:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
+        send = self._tagged(send, rid)
         try:
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
                 await error_response(self._too_large())(scope, receive, send)
                 return
-            await self.app(scope, self._limited(receive), self._tagged(send, rid))
+            await self.app(scope, self._limited(receive), send)
         finally:
             request_id.reset(token)
 

@@ -1,0 +1,56 @@
+"""The Gradio API through the real gradio_client against a real server."""
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+
+@pytest.fixture(scope="module")
+def client(live_server):
+    return Client(live_server.url + "/", verbose=False, download_files=False)
+
+
+def test_only_the_public_endpoints_are_listed(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert set(endpoints) == {"/augment", "/augment_batch"}
+    names = [p["parameter_name"] for p in endpoints["/augment"]["parameters"]]
+    assert names == ["text", "num_return_sequences", "max_length", "temperature", "top_k", "top_p",
+                     "seed", "engine"]
+    defaults = {p["parameter_name"]: p.get("parameter_default") for p in endpoints["/augment"]["parameters"]}
+    assert defaults["num_return_sequences"] == 3 and defaults["temperature"] == 0.8
+    assert defaults["top_k"] == 50 and defaults["top_p"] == 0.95 and defaults["max_length"] == 128
+
+
+def test_augment_returns_the_list_of_variants(client):
+    text = "物流速度很快，包装完好无损。"
+    variants = client.predict(text, max_length=8, api_name="/augment")
+    assert isinstance(variants, list) and 1 <= len(variants) <= 3
+    assert all(isinstance(v, str) and v and v != text for v in variants)
+    assert len(set(variants)) == len(variants)
+
+
+def test_augment_with_a_seed_reproduces(client):
+    first = client.predict("客服态度非常耐心", 2, 8, 0.9, 40, 0.9, 77, api_name="/augment")
+    assert client.predict("客服态度非常耐心", 2, 8, 0.9, 40, 0.9, 77, api_name="/augment") == first
+
+
+def test_augment_batch_returns_one_list_per_text_in_order(client):
+    texts = ["第一条：屏幕清晰", "第二条：价格便宜", "第三条：电池耐用"]
+    result = client.predict(texts, num_return_sequences=2, max_length=8, api_name="/augment_batch")
+    assert isinstance(result, list) and len(result) == 3
+    assert all(isinstance(v, list) and 1 <= len(v) <= 2 for v in result)
+
+
+@pytest.mark.parametrize("args, kwargs, expected", [
+    (("",), {}, "为空"),
+    (("好",), {"temperature": 9.0}, "temperature"),
+    (("好",), {"engine": "gpt"}, "gpt"),
+])
+def test_errors_reach_the_client_as_readable_messages(client, args, kwargs, expected):
+    with pytest.raises(AppError, match=expected):
+        client.predict(*args, api_name="/augment", **kwargs)
+
+
+def test_a_batch_that_is_not_a_list_of_strings_is_refused(client):
+    with pytest.raises(AppError, match="texts"):
+        client.predict("不是列表", api_name="/augment_batch")

@@ -1,0 +1,42 @@
+"""Dependencies point down: webui -> server -> (api, ui) -> service -> engines."""
+
+import ast
+from pathlib import Path
+
+import app.engines
+from app import api, service, ui
+
+APP = Path(__file__).resolve().parent.parent / "app"
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+def test_ui_and_api_never_import_engines():
+    for module in (ui, api):
+        assert not any(name.startswith("app.engines") for name in _imports(Path(module.__file__)))
+
+
+def test_engines_know_nothing_of_http_or_the_page():
+    for path in (APP / "engines").glob("*.py"):
+        assert not {"fastapi", "gradio", "starlette", "app.service", "app.api", "app.ui"} & _imports(path), path
+
+
+def test_torch_is_imported_only_by_the_hf_engine():
+    importers = {path.name for path in APP.rglob("*.py") if "torch" in {n.split(".")[0] for n in _imports(path)}}
+    assert importers <= {"hf.py"}
+
+
+def test_service_is_the_only_way_to_an_engine():
+    assert "app.engines" in _imports(Path(service.__file__))
+
+
+def test_engines_package_exports_the_protocol_and_the_loader_only():
+    assert app.engines.__all__ == ["Engine", "load_engine"]

@@ -1,0 +1,202 @@
+"""The page as a user sees it: Debian's Chromium, driven by Playwright, against a real server."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium")
+if CHROMIUM is None:
+    pytest.skip("no chromium binary on PATH (Debian package 'chromium'); browser tests need it",
+                allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+RUN_TIMEOUT_MS = 90_000
+TEXT = "这款耳机的音质很好，佩戴也很舒适。"
+BATCH_LINES = ["今天的天气非常好，适合出去散步。", "这家餐厅的服务态度很差，菜也不好吃。"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, url: str, *, clipboard: bool = False) -> Page:
+    context = browser.new_context(viewport={"width": 1280, "height": 1600}, accept_downloads=True)
+    if clipboard:
+        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page = context.new_page()
+    page.set_default_timeout(RUN_TIMEOUT_MS)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture
+def page(browser, live_server):
+    page = _open(browser, live_server.url, clipboard=True)
+    expect(banner(page)).to_contain_text("当前引擎")
+    yield page
+    page.context.close()
+
+
+def banner(page: Page):
+    return page.locator(".dpp-banner").first
+
+
+def result_box(page: Page, number: int):
+    # The label wraps a copy button too, so the textarea has no accessible name of its own.
+    label = page.locator("label").filter(has=page.get_by_text(f"结果 {number}", exact=True))
+    return label.locator("textarea")
+
+
+def visible_button(page: Page, name: str):
+    return page.get_by_role("button", name=name, exact=True).locator("visible=true")
+
+
+def toast(page: Page):
+    return page.get_by_test_id("toast-body")
+
+
+def run_single(page: Page, text: str) -> list[str]:
+    page.get_by_label("输入文本").fill(text)
+    page.get_by_role("button", name="开始增强").click()
+    status = page.get_by_text(re.compile(r"生成 \d+ 条不同的结果"))
+    expect(status).to_be_visible()
+    return [result_box(page, i).input_value() for i in range(1, 4)]
+
+
+def read_clipboard(page: Page, differs_from: str, timeout_s: float = 10) -> str:
+    """The page writes the clipboard without awaiting; poll until the value changes."""
+    deadline = time.monotonic() + timeout_s
+    value = page.evaluate("navigator.clipboard.readText()")
+    while value == differs_from and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+        value = page.evaluate("navigator.clipboard.readText()")
+    return value
+
+
+def test_page_loads_with_both_tabs_and_engine_banner(page):
+    expect(page.get_by_role("tab", name="单条增强")).to_be_visible()
+    expect(page.get_by_role("tab", name="批量增强")).to_be_visible()
+    expect(banner(page)).to_contain_text("mt5")
+    expect(banner(page)).to_contain_text("设备 cpu")
+    expect(page).to_have_title("dpp 中文文本增强")
+
+
+def test_single_augment_shows_three_distinct_variants(page):
+    variants = run_single(page, TEXT)
+    expect(page.get_by_text(re.compile(r"^生成 3 条不同的结果（引擎 mt5，耗时 \d+ ms）$"))).to_be_visible()
+    for number in (1, 2, 3):
+        expect(result_box(page, number)).to_be_visible()
+    expect(result_box(page, 4)).to_be_hidden()
+    assert all(v.strip() for v in variants), variants
+    assert all(v.strip() != TEXT for v in variants), variants
+    assert len(set(variants)) == 3, variants
+
+
+def test_empty_text_shows_readable_error_not_traceback(page):
+    page.get_by_label("输入文本").fill("")
+    page.get_by_role("button", name="开始增强").click()
+    expect(toast(page)).to_contain_text("为空")
+    expect(result_box(page, 1)).to_be_hidden()
+    body = page.locator("body").inner_text()
+    assert "Traceback" not in body
+    assert 'File "' not in body
+
+
+def test_non_integer_seed_shows_readable_error(page):
+    page.get_by_label("输入文本").fill(TEXT)
+    page.get_by_label("随机种子（可选）").locator("visible=true").fill("abc")
+    page.get_by_role("button", name="开始增强").click()
+    expect(toast(page)).to_contain_text("随机种子")
+    expect(toast(page)).to_contain_text("abc")
+    expect(result_box(page, 1)).to_be_hidden()
+    assert "Traceback" not in page.locator("body").inner_text()
+
+
+def test_batch_keeps_input_order_and_downloads_csv(page):
+    page.get_by_role("tab", name="批量增强").click()
+    page.get_by_label("每行一条文本").fill("\n".join(BATCH_LINES))
+    visible_button(page, "批量增强").click()
+    status = page.get_by_text(re.compile(r"^2 条文本共生成 (\d+) 条结果（引擎 mt5，耗时 \d+ ms）$"))
+    expect(status).to_be_visible()
+    found = int(re.search(r"共生成 (\d+) 条", status.inner_text()).group(1))
+    assert found >= 2
+
+    originals = page.locator('[role="gridcell"][aria-colindex="1"]')
+    expect(originals).to_have_count(found)
+    shown_originals = [cell.strip() for cell in originals.all_inner_texts()]
+    shown_variants = [cell.strip() for cell in
+                      page.locator('[role="gridcell"][aria-colindex="2"]').all_inner_texts()]
+    assert set(shown_originals) == set(BATCH_LINES)
+    # Input order: every row of the first line comes before any row of the second.
+    assert shown_originals == sorted(shown_originals, key=BATCH_LINES.index)
+
+    with page.expect_download() as download_info:
+        visible_button(page, "下载 CSV").click()
+    raw = Path(download_info.value.path()).read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf"), raw[:16]
+    rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
+    assert rows[0] == ["原文", "增强结果"]
+    body = rows[1:]
+    assert len(body) == found
+    assert all(len(row) == 2 and row[1].strip() for row in body), body
+    assert [row[0] for row in body] == shown_originals
+    assert [row[1] for row in body] == shown_variants
+    assert download_info.value.suggested_filename.endswith(".csv")
+
+    # 复制全部 on this tab copies the table, one tab-separated row per line.
+    page.evaluate("navigator.clipboard.writeText('sentinel')")
+    visible_button(page, "复制全部").click()
+    copied = read_clipboard(page, differs_from="sentinel")
+    assert copied == "\n".join(f"{original}\t{variant}" for original, variant in body)
+
+
+def test_copy_buttons_put_variants_on_clipboard(page):
+    # 127.0.0.1 is a secure context, so navigator.clipboard is there once permissions are granted.
+    assert page.evaluate("window.isSecureContext")
+    variants = run_single(page, TEXT)
+    assert all(variants)
+
+    page.evaluate("navigator.clipboard.writeText('sentinel')")
+    visible_button(page, "复制全部").click()
+    assert read_clipboard(page, differs_from="sentinel") == "\n".join(variants)
+
+    page.evaluate("navigator.clipboard.writeText('sentinel')")
+    visible_button(page, "复制为Markdown").click()
+    expected = "\n".join([f"**原文**：{TEXT}", "", "**增强结果**：", "",
+                          *(f"{i}. {v}" for i, v in enumerate(variants, 1))])
+    assert read_clipboard(page, differs_from="sentinel") == expected
+
+
+def test_banner_names_missing_model_directory(browser, server_without_model):
+    deadline = time.monotonic() + 60
+    state = requests.get(server_without_model.url + "/readyz", timeout=5).json()
+    while state["status"] == "loading" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        state = requests.get(server_without_model.url + "/readyz", timeout=5).json()
+    assert state["status"] == "unavailable", state
+
+    missing = str((server_without_model.log_dir.parent / "missing-model").resolve())
+    page = _open(browser, server_without_model.url)
+    try:
+        expect(banner(page)).to_contain_text("模型未就绪")
+        expect(banner(page)).to_contain_text(missing)
+        assert "当前引擎" not in banner(page).inner_text()
+    finally:
+        page.context.close()
