@@ -1,0 +1,78 @@
+"""The page's handlers are plain functions: they call the service and format, testable without a browser."""
+
+import csv
+
+import pytest
+
+from app import ui
+from app.errors import InvalidParameter, ModelUnavailable
+from app.service import Service
+from app.settings import Settings
+from app.tasks import load_templates
+
+
+def _service(**overrides) -> Service:
+    settings = Settings(**overrides)
+    return Service(settings, load_templates(settings.templates_file))
+
+
+def test_the_page_is_not_serialised_behind_gradios_default_concurrency_of_one():
+    demo = ui.build(_service(ui_concurrency=5))
+    assert demo._queue.default_concurrency_limit == 5
+    assert all(fn.concurrency_limit == "default" for fn in demo.fns.values())
+
+
+def test_only_the_two_api_endpoints_are_public():
+    demo = ui.build(_service())
+    public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
+    assert public == ["augment", "augment_batch"]
+
+
+def test_slider_floats_become_integers_and_an_empty_seed_means_random():
+    params = ui.ui_params(4.0, 64.0, 0.7, 10.0, 0.9, "")
+    assert params.num_return_sequences == 4 and isinstance(params.num_return_sequences, int)
+    assert params.seed is None
+    assert ui.ui_params(3, 64, 0.7, 10, 0.9, " 12 ").seed == 12
+
+
+def test_a_seed_that_is_not_a_number_is_a_readable_error():
+    with pytest.raises(InvalidParameter, match="随机种子"):
+        ui.ui_params(3, 64, 0.7, 10, 0.9, "abc")
+
+
+def test_copy_formats():
+    assert ui.format_plain(["甲", "乙"]) == "甲\n乙"
+    markdown = ui.format_markdown("原句", ["甲", "乙"])
+    assert markdown.startswith("**原文**：原句")
+    assert "1. 甲\n2. 乙" in markdown
+
+
+def test_the_status_line_says_when_fewer_variants_exist_than_asked():
+    assert "只给出了 2 条" in ui.status_line(2, 3, "mt5", 12.0)
+    assert "只给出了" not in ui.status_line(3, 3, "mt5", 12.0)
+
+
+def test_batch_lines_keep_order_and_skip_blank_lines():
+    assert ui.batch_lines("甲\n\n  \n乙\r\n丙") == ["甲", "乙", "丙"]
+    assert ui.batch_lines(None) == []
+
+
+def test_the_csv_opens_in_excel_with_chinese_intact():
+    path = ui.write_csv([["原文一", "结果一"], ["原文一", "结果二,带逗号"]])
+    raw = path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
+    assert rows == [["原文", "增强结果"], ["原文一", "结果一"], ["原文一", "结果二,带逗号"]]
+
+
+def test_the_banner_tells_loading_missing_and_ready_apart(tmp_path):
+    service = _service()
+    assert "加载中" in ui.banner(service)
+    service.load(lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在")))
+    assert "模型未就绪" in ui.banner(service) and str(tmp_path) in ui.banner(service)
+
+
+def test_an_empty_batch_box_is_a_readable_error():
+    with pytest.raises(Exception, match="至少一行") as caught:
+        ui.on_augment_batch(_service(), "  \n ", 3, 0.8, 128, 50, 0.95, "")
+    assert type(caught.value).__name__ == "Error"
