@@ -168,6 +168,8 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8J
         return error_response(_wrong_method(request))
     if exc.status_code == 404:
         return error_response(NotFound(f"没有 {request.url.path} 这个接口"))
+    if exc.status_code == 400:
+        return error_response(MalformedJSON("请求体无法解析为 JSON"))
     error = DppError(str(exc.detail))
     error.status, error.code = exc.status_code, "http_error"
     return error_response(error)

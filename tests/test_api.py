@@ -5,6 +5,7 @@ import socket
 
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 
 TEXT = "这款耳机的音质很好，佩戴也很舒适。"
 FAST = {"max_length": 8}
@@ -195,3 +196,30 @@ def test_openapi_lists_the_routes_and_the_docs_page_needs_no_cdn(live_server):
     spec = requests.get(live_server.url + "/openapi.json", timeout=10).json()
     assert {"/augment", "/augment_batch", "/healthz", "/readyz"} <= set(spec["paths"])
     assert "post" in spec["paths"]["/augment"]
+
+
+_FIELDS = ["text", "texts", "num_return_sequences", "max_length", "temperature", "top_k", "top_p", "seed",
+           "engine", "extra"]
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/augment", "/augment_batch"]),
+       body=st.dictionaries(st.sampled_from(_FIELDS), _VALUES, max_size=5))
+def test_no_client_input_ever_gets_a_500(live_server, path, body):
+    body = {**body, "max_length": 8} if "max_length" not in body else body
+    response = requests.post(live_server.url + path, data=json.dumps(body), timeout=60,
+                             headers={"content-type": "application/json"})
+    assert response.status_code in (200, 400, 413, 422), response.text
+    if response.status_code != 200:
+        assert response.json()["error"]["code"] != "internal"
+
+
+def test_deeply_nested_json_is_a_client_error(live_server):
+    response = requests.post(live_server.url + "/augment", data=b"[" * 100000 + b"]" * 100000,
+                             headers={"content-type": "application/json"}, timeout=30)
+    assert response.status_code in (400, 422)
