@@ -24,16 +24,18 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 BASE_PY="${DPP_PYTHON:-python3}"
 
-lock_stamp() {
-  local files=("$ROOT/requirements.lock")
-  [ "$dev" = 1 ] && files+=("$ROOT/requirements-dev.lock")
-  cat "${files[@]}" | sha256sum | cut -d' ' -f1
+# One stamp per lock file, so a plain run after a --dev run installs nothing.
+installed() {  # installed LOCKFILE STAMPFILE
+  [ -f "$VENV/$2" ] && [ "$(cat "$VENV/$2")" = "$(sha256sum < "$ROOT/$1" | cut -d' ' -f1)" ]
+}
+
+install_lock() {  # install_lock LOCKFILE STAMPFILE
+  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/$1"
+  sha256sum < "$ROOT/$1" | cut -d' ' -f1 > "$VENV/$2"
 }
 
 setup_venv() {
-  local stamp_file="$VENV/.dpp-lock" want
-  want="$(lock_stamp)"
-  if [ -x "$PY" ] && [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$want" ]; then
+  if [ -x "$PY" ] && installed requirements.lock .dpp-lock && { [ "$dev" = 0 ] || installed requirements-dev.lock .dpp-dev-lock; }; then
     return 0
   fi
   if ! command -v "$BASE_PY" >/dev/null 2>&1; then
@@ -46,11 +48,10 @@ setup_venv() {
   fi
   echo "Setting up $VENV from requirements.lock (first run only; a few minutes)..."
   [ -x "$PY" ] || "$BASE_PY" -m venv "$VENV"
-  "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements.lock"
-  if [ "$dev" = 1 ]; then
-    "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/requirements-dev.lock"
+  installed requirements.lock .dpp-lock || install_lock requirements.lock .dpp-lock
+  if [ "$dev" = 1 ] && ! installed requirements-dev.lock .dpp-dev-lock; then
+    install_lock requirements-dev.lock .dpp-dev-lock
   fi
-  echo "$want" > "$stamp_file"
   echo "Environment ready: $VENV"
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import sys
 
@@ -40,6 +41,10 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
+
+
 def main(argv: list[str]) -> int:
     try:
         settings = load_settings(parse_flags(argv), os.environ)
@@ -67,6 +72,9 @@ def main(argv: list[str]) -> int:
     except TemplatesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again: end with 0 there.
+    for handled in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(handled, _exit_cleanly)
     print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
     return 0
