@@ -29,6 +29,7 @@ from app.service import Service
 log = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_ECHO_CHARS = 80  # how much of a wrong value an error message repeats
 _TYPE_WORDS = {
     "string_type": "字符串", "int_type": "整数", "float_type": "数字", "list_type": "列表",
     "bool_type": "布尔值", "model_attributes_type": "JSON 对象", "dict_type": "JSON 对象",
@@ -145,14 +146,16 @@ def _from_validation(exc: RequestValidationError) -> DppError:
     if kind == "extra_forbidden":
         return InvalidParameter(f"未知字段 {field}", field=field)
     if kind in _TYPE_WORDS:
-        return InvalidParameter(f"{field} 应为{_TYPE_WORDS[kind]}（收到 {first.get('input')!r}）", field=field)
+        received = repr(first.get("input"))[:_ECHO_CHARS]
+        return InvalidParameter(f"{field} 应为{_TYPE_WORDS[kind]}（收到 {received}）", field=field)
     return InvalidParameter(f"{field} 无效：{first['msg']}", field=field)
 
 
 async def _on_dpp_error(request: Request, exc: DppError) -> UTF8JSONResponse:
     if exc.status >= 500:
-        log.error("%s %s answered %d (%s): %s", request.method, request.url.path, exc.status,
-                  type(exc).__name__, exc.message)
+        level = logging.ERROR if exc.status == 500 else logging.WARNING
+        log.log(level, "%s %s answered %d (%s): %s", request.method, request.url.path, exc.status,
+                type(exc).__name__, exc.message)
     return error_response(exc)
 
 
