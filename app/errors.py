@@ -58,6 +58,12 @@ class NotReady(DppError):
     status, code = 503, "not_ready"
 
 
+class ScoringUnsupported(DppError):
+    """The serving engine cannot score candidates (classification needs the mT5 weights)."""
+
+    status, code = 503, "needs_mt5"
+
+
 class RequestTimeout(DppError):
     status, code = 504, "timeout"
 

@@ -25,10 +25,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loader = threading.Thread(
-            target=service.load, args=(functools.partial(load_engine, settings),),
-            name="dpp-engine-load", daemon=True,
-        )
+        loaders = {name: functools.partial(load_engine, settings, name) for name in settings.engines_to_load}
+        loader = threading.Thread(target=service.load, args=(loaders,), name="dpp-engine-load", daemon=True)
         loader.start()
         yield
 

@@ -21,12 +21,10 @@ from app.errors import (
     TextTooLong,
 )
 from app.params import SEED_RANGE, GenerationParams
-from app.settings import Settings
+from app.settings import ENGINES, Settings
 from app.tasks import Templates
 
 log = logging.getLogger(__name__)
-
-ENGINE_NAMES = ("mt5",)
 
 
 @dataclass(frozen=True)
@@ -59,27 +57,42 @@ class Service:
     def __init__(self, settings: Settings, templates: Templates) -> None:
         self.settings = settings
         self._templates = templates
-        self._engine: Engine | None = None
+        self._engines: dict[str, Engine] = {}
+        self._unavailable: dict[str, str] = {}
         self._readiness = Readiness(False, "loading", "模型加载中，请稍候")
         # One engine call at a time: sampling seeds torch's global generator, and a CPU has no
         # spare cores for a second call. Batching across requests comes with the dynamic batcher.
         self._engine_lock = threading.Lock()
 
-    def load(self, loader: Callable[[], Engine]) -> None:
-        """Load the engine; on failure stay up and report the reason through `readiness`."""
-        try:
-            engine = loader()
-        except ModelUnavailable as exc:
-            log.error("model not loaded (%s): %s", type(exc).__name__, exc.message)
-            self._readiness = Readiness(False, "unavailable", exc.message)
+    def load(self, loaders: dict[str, Callable[[], Engine]]) -> None:
+        """Load engines in order of preference; the first that loads serves by default.
+
+        One that fails leaves its reason for `readiness`; the process stays up either way.
+        """
+        engines: dict[str, Engine] = {}
+        unavailable: dict[str, str] = {}
+        for name, loader in loaders.items():
+            try:
+                engines[name] = loader()
+            except ModelUnavailable as exc:
+                log.error("engine %s not loaded (%s): %s", name, type(exc).__name__, exc.message)
+                unavailable[name] = exc.message
+            except Exception as exc:  # noqa: BLE001 - any load failure must leave a serving process
+                log.exception("engine %s failed to load", name)
+                unavailable[name] = f"加载失败：{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self._engines, self._unavailable = engines, unavailable
+        if not engines:
+            self._readiness = Readiness(False, "unavailable", "；".join(unavailable.values()))
             return
-        except Exception as exc:  # noqa: BLE001 - any load failure must leave a serving process
-            log.exception("model load failed")
-            reason = f"模型加载失败：{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            self._readiness = Readiness(False, "unavailable", reason)
-            return
-        self._engine = engine
-        self._readiness = Readiness(True, "ready", None, engine.info())
+        default = next(iter(engines.values()))
+        info = {**default.info(), "engines": list(engines)}
+        if unavailable:
+            info["unavailable"] = unavailable
+        self._readiness = Readiness(True, "ready", None, info)
+
+    def engine_names(self) -> list[str]:
+        """Loaded engines, the default first."""
+        return list(self._engines)
 
     def readiness(self) -> Readiness:
         return self._readiness
@@ -105,15 +118,16 @@ class Service:
         return stripped
 
     def _ready_engine(self, requested: str | None) -> Engine:
-        if requested is not None and requested not in ENGINE_NAMES:
-            raise EngineUnavailable(
-                f"没有名为 {requested!r} 的引擎；可用：{', '.join(ENGINE_NAMES)}", field="engine"
-            )
-        if self._engine is None:
+        if requested is not None and requested not in ENGINES:
+            raise EngineUnavailable(f"没有名为 {requested!r} 的引擎；可选：{', '.join(ENGINES)}", field="engine")
+        if self._readiness.status == "loading" or (requested is None and not self._engines):
             raise NotReady(self._readiness.reason or "模型未就绪")
-        if requested is not None and requested != self._engine.name:
-            raise EngineUnavailable(f"引擎 {requested} 未加载；当前引擎：{self._engine.name}", field="engine")
-        return self._engine
+        if requested is None:
+            return next(iter(self._engines.values()))
+        if requested not in self._engines:
+            why = self._unavailable.get(requested, "未按设置加载（见 --engine）")
+            raise EngineUnavailable(f"引擎 {requested} 未加载：{why}", field="engine")
+        return self._engines[requested]
 
     def augment(self, texts: list[str], params: GenerationParams, *, engine: str | None = None,
                 field_name: str = "texts") -> AugmentResult:
@@ -121,7 +135,10 @@ class Service:
         started = time.monotonic()
         clean = self.check_texts(texts, field_name)
         chosen = self._ready_engine(engine)
-        prompts = [self._templates.render("augment", text=text) for text in clean]
+        if chosen.wants_raw_text:
+            prompts = clean
+        else:
+            prompts = [self._templates.render("augment", text=text) for text in clean]
         variants = self._distinct_variants(chosen, clean, prompts, params, started)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("augment engine=%s items=%d variants=%d ms=%.0f params=%s",

@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "damo/nlp_mt5_zero-shot-augment_chinese-base"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("mt5", "lexical")  # in order of preference
+ENGINE_CHOICES = ("auto", *ENGINES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -31,6 +33,7 @@ class Settings:
         ROOT / "models" / "nlp_mt5_zero-shot-augment_chinese-base",
         "local model directory (ModelScope or Hugging Face layout)",
     )
+    engine: str = _opt("auto", "auto (mT5 when its weights load, else lexical), mt5 or lexical")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     cpu_only: bool = _opt(False, "never use a GPU (same as --device cpu)")
     dtype: str = _opt("auto", "compute dtype: auto, float32, bfloat16, float16")
@@ -38,6 +41,9 @@ class Settings:
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     templates_file: Path = _opt(
         ROOT / "app" / "templates.json", "prompt templates, editable without touching code"
+    )
+    lexicon_file: Path = _opt(
+        ROOT / "app" / "data" / "synonyms_reviewed.tsv", "reviewed synonym swaps for the lexical engine"
     )
     max_text_chars: int = _opt(1000, "longest accepted text, in characters")
     max_batch_texts: int = _opt(50, "most texts in one batch request")
@@ -53,6 +59,8 @@ class Settings:
             raise SettingsError(f"port must be 1-65535, got {self.port}")
         if not DEVICE_PATTERN.match(self.device):
             raise SettingsError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.engine not in ENGINE_CHOICES:
+            raise SettingsError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.log_level.upper() not in LOG_LEVELS:
@@ -69,6 +77,10 @@ class Settings:
     @property
     def effective_device(self) -> str:
         return "cpu" if self.cpu_only else self.device
+
+    @property
+    def engines_to_load(self) -> tuple[str, ...]:
+        return ENGINES if self.engine == "auto" else (self.engine,)
 
 
 def setting_fields() -> list[Any]:

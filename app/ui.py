@@ -103,21 +103,38 @@ def status_line(found: int, wanted: int, engine: str, elapsed_ms: float) -> str:
     return line
 
 
+ENGINE_LABELS = {"mt5": "mT5 模型", "lexical": "同义词替换（无需模型权重）"}
+
+
 def banner(service: Service) -> str:
     readiness = service.readiness()
     if readiness.ready:
         info = readiness.info
-        return (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "
-                f"{info.get('dtype')} · 模型目录 `{info.get('model')}`")
+        if info.get("engine") == "lexical":
+            line = f"✅ 当前引擎：**lexical**（同义词替换，无需模型权重）· 词表：{info.get('model')}"
+        else:
+            line = (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "
+                    f"{info.get('dtype')} · 模型目录 `{info.get('model')}`")
+        for name, reason in info.get("unavailable", {}).items():
+            line += f"\n\n⚠️ 引擎 {name} 未加载：{reason}"
+        return line
     if readiness.status == "loading":
         return "⏳ 模型加载中，请稍候刷新页面。"
     return f"⚠️ **模型未就绪**：{readiness.reason}"
 
 
+def engine_choices(service: Service):
+    """The page's engine selectors: loaded engines, the default first and selected."""
+    names = service.engine_names()
+    choices = [(ENGINE_LABELS.get(name, name), name) for name in names]
+    selector = gr.Dropdown(choices=choices, value=names[0] if names else None)
+    return banner(service), selector, selector
+
+
 @_shown_in_page
-def on_augment(service: Service, text, n, temperature, max_length, top_k, top_p, seed):
+def on_augment(service: Service, text, engine, n, temperature, max_length, top_k, top_p, seed):
     params = ui_params(n, max_length, temperature, top_k, top_p, seed)
-    result = service.augment([text or ""], params, field_name="text")
+    result = service.augment([text or ""], params, engine=engine or None, field_name="text")
     variants = result.variants[0]
     boxes = [gr.Textbox(value=v, visible=True) for v in variants]
     boxes += [gr.Textbox(value="", visible=False)] * (MAX_VARIANTS - len(variants))
@@ -146,12 +163,12 @@ def write_csv(rows: list[list[str]]) -> Path:
 
 
 @_shown_in_page
-def on_augment_batch(service: Service, text, n, temperature, max_length, top_k, top_p, seed):
+def on_augment_batch(service: Service, text, engine, n, temperature, max_length, top_k, top_p, seed):
     texts = batch_lines(text)
     if not texts:
         raise TextEmpty("请输入至少一行文本（每行一条）", field="texts")
     params = ui_params(n, max_length, temperature, top_k, top_p, seed)
-    result = service.augment(texts, params, field_name="texts")
+    result = service.augment(texts, params, engine=engine or None, field_name="texts")
     rows = [[original, variant] for original, variants in zip(texts, result.variants) for variant in variants]
     found = sum(map(len, result.variants))
     status = (f"{len(texts)} 条文本共生成 {found} 条结果（引擎 {result.engine}，"
@@ -182,6 +199,11 @@ def api_augment_batch(service: Service, texts, num_return_sequences, max_length,
     return service.augment(texts, params, engine=engine, field_name="texts").variants
 
 
+def _engine_selector():
+    return gr.Dropdown(label="引擎", choices=[], interactive=True,
+                       info="同义词替换引擎只用到 生成数量、温度（改动词语的比例）和随机种子")
+
+
 def _parameter_controls(count_label: str):
     count = gr.Slider(*NUM_RETURN_SEQUENCES_RANGE, value=DEFAULTS.num_return_sequences, step=1, label=count_label)
     temperature = gr.Slider(*TEMPERATURE_RANGE, value=DEFAULTS.temperature, step=0.05, label="温度",
@@ -204,6 +226,7 @@ def build(service: Service) -> gr.Blocks:
         with gr.Tab("单条增强"):
             text = gr.Textbox(label="输入文本", lines=4, max_length=limits.max_text_chars,
                               placeholder=f"输入一段中文（最多 {limits.max_text_chars} 字）")
+            single_engine = _engine_selector()
             with gr.Row():
                 single_controls = _parameter_controls("生成数量")
             run_single = gr.Button("开始增强", variant="primary")
@@ -219,6 +242,7 @@ def build(service: Service) -> gr.Blocks:
             markdown_text = gr.Textbox(visible=False)
         with gr.Tab("批量增强"):
             batch_text = gr.Textbox(label=f"每行一条文本（最多 {limits.max_batch_texts} 条）", lines=10)
+            batch_engine = _engine_selector()
             with gr.Accordion("生成参数", open=True):
                 with gr.Row():
                     batch_controls = _parameter_controls("每条生成数量")
@@ -231,13 +255,15 @@ def build(service: Service) -> gr.Blocks:
                 download = gr.DownloadButton("下载 CSV", visible=False)
             table_text = gr.Textbox(visible=False)
 
-        demo.load(functools.partial(banner, service), outputs=status_banner, api_visibility="private")
-        run_single.click(functools.partial(on_augment, service), inputs=[text, *single_controls],
+        demo.load(functools.partial(engine_choices, service), outputs=[status_banner, single_engine, batch_engine],
+                  api_visibility="private")
+        run_single.click(functools.partial(on_augment, service), inputs=[text, single_engine, *single_controls],
                          outputs=[*variant_boxes, plain_text, markdown_text, single_status],
                          api_visibility="private")
         copy_all.click(None, inputs=plain_text, js=COPY_JS, api_visibility="private")
         copy_markdown.click(None, inputs=markdown_text, js=COPY_JS, api_visibility="private")
-        run_batch.click(functools.partial(on_augment_batch, service), inputs=[batch_text, *batch_controls],
+        run_batch.click(functools.partial(on_augment_batch, service),
+                        inputs=[batch_text, batch_engine, *batch_controls],
                         outputs=[table, download, table_text, batch_status], api_visibility="private")
         copy_table.click(None, inputs=table_text, js=COPY_JS, api_visibility="private")
         _public_api(service)

@@ -42,6 +42,16 @@ class LiveServer:
         path = self.log_dir / "webui.log"
         return path.read_text("utf-8") if path.exists() else ""
 
+    def settled_readiness(self, timeout_s: float = 60) -> requests.Response:
+        """/readyz once engine loading has finished, whatever its outcome."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            response = requests.get(self.url + "/readyz", timeout=5)
+            if response.json().get("status") != "loading":
+                return response
+            time.sleep(0.2)
+        raise AssertionError("readiness never settled")
+
     def stop(self) -> int:
         self.process.terminate()
         try:
@@ -93,8 +103,17 @@ def live_server(tiny_models, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_without_model(tmp_path_factory):
-    """A real server pointed at a model directory that does not exist."""
+    """A real mT5-only server pointed at a model directory that does not exist."""
     tmp = tmp_path_factory.mktemp("no-model")
-    server = start_server(tmp, "--model-dir", str(tmp / "missing-model"), wait_ready=False)
+    server = start_server(tmp, "--engine", "mt5", "--model-dir", str(tmp / "missing-model"), wait_ready=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def server_without_weights(tmp_path_factory):
+    """A real server as on a fresh machine: no mT5 weights, so the lexical engine serves."""
+    tmp = tmp_path_factory.mktemp("fresh")
+    server = start_server(tmp, "--model-dir", str(tmp / "missing-model"))
     yield server
     server.stop()

@@ -19,7 +19,7 @@ def make_service(engine=None, **overrides) -> Service:
     settings = Settings(**overrides)
     service = Service(settings, load_templates(settings.templates_file))
     if engine is not None:
-        service.load(lambda: engine)
+        service.load({engine.name: lambda: engine})
     return service
 
 
@@ -31,7 +31,7 @@ def tiny_engine(tiny_models):
 class ScriptedEngine:
     """An engine double that answers each generate call from a script and records the calls."""
 
-    name, can_score = "mt5", True
+    name, can_score, wants_raw_text = "mt5", True, False
 
     def __init__(self, *answers):
         self.answers = list(answers)
@@ -144,7 +144,7 @@ def test_limits_come_from_settings():
 def test_a_service_without_a_model_is_not_ready_and_says_why(tmp_path):
     service = make_service()
     assert service.readiness().status == "loading"
-    service.load(lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在")))
+    service.load({"mt5": lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在"))})
     readiness = service.readiness()
     assert not readiness.ready and readiness.status == "unavailable"
     assert str(tmp_path) in readiness.reason
@@ -154,7 +154,7 @@ def test_a_service_without_a_model_is_not_ready_and_says_why(tmp_path):
 
 def test_an_unexpected_load_failure_still_leaves_a_reason():
     service = make_service()
-    service.load(lambda: (_ for _ in ()).throw(MemoryError("out of memory")))
+    service.load({"mt5": lambda: (_ for _ in ()).throw(MemoryError("out of memory"))})
     assert "MemoryError" in service.readiness().reason
 
 

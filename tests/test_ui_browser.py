@@ -200,3 +200,23 @@ def test_banner_names_missing_model_directory(browser, server_without_model):
         assert "当前引擎" not in banner(page).inner_text()
     finally:
         page.context.close()
+
+
+def test_without_weights_the_page_says_lexical_serves_and_why_and_it_works(browser, server_without_weights):
+    page = _open(browser, server_without_weights.url)
+    try:
+        expect(banner(page)).to_contain_text("lexical")
+        expect(banner(page)).to_contain_text("未加载")
+        expect(banner(page)).to_contain_text("missing-model")
+        expect(page.get_by_label("引擎").first).to_have_value("同义词替换（无需模型权重）")
+        variants = run_single(page, "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。")
+        assert variants[0] and "引擎 lexical" in page.locator("body").inner_text()
+    finally:
+        page.context.close()
+
+
+def test_with_weights_the_engine_selector_switches_to_lexical(page):
+    page.get_by_label("引擎").first.click()
+    page.get_by_role("option", name="同义词替换（无需模型权重）").click()
+    run_single(page, "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。")
+    expect(page.get_by_text(re.compile(r"引擎 lexical"))).to_be_visible()

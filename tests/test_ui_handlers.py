@@ -68,11 +68,11 @@ def test_the_csv_opens_in_excel_with_chinese_intact():
 def test_the_banner_tells_loading_missing_and_ready_apart(tmp_path):
     service = _service()
     assert "加载中" in ui.banner(service)
-    service.load(lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在")))
+    service.load({"mt5": lambda: (_ for _ in ()).throw(ModelUnavailable(f"模型目录 {tmp_path} 不存在"))})
     assert "模型未就绪" in ui.banner(service) and str(tmp_path) in ui.banner(service)
 
 
 def test_an_empty_batch_box_is_a_readable_error():
     with pytest.raises(Exception, match="至少一行") as caught:
-        ui.on_augment_batch(_service(), "  \n ", 3, 0.8, 128, 50, 0.95, "")
+        ui.on_augment_batch(_service(), "  \n ", None, 3, 0.8, 128, 50, 0.95, "")
     assert type(caught.value).__name__ == "Error"

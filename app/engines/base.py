@@ -10,6 +10,7 @@ from app.params import GenerationParams
 class Engine(Protocol):
     name: str
     can_score: bool
+    wants_raw_text: bool  # True: gets the texts themselves, not prompts built from templates
 
     def info(self) -> dict:
         """Model path, device, dtype and load time, for /readyz and the page banner."""

@@ -54,6 +54,7 @@ class HFEngine:
 
     name = "mt5"
     can_score = True
+    wants_raw_text = False
 
     def __init__(self, model_dir: Path, *, device: str = "auto", dtype: str = "auto",
                  max_input_tokens: int = 512) -> None:

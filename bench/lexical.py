@@ -1,0 +1,105 @@
+"""Lexical augmentation side by side with nlpcda's Similarword, in one run on this CPU.
+
+    .venv/bin/python -m bench.lexical [--rounds 5] [--out bench/results/lexical_throughput.json]
+
+Each system runs in its own process (nlpcda re-seeds the global `random` and adds its words to the
+global jieba dictionary), on the same sentences, asked for 3 variants per sentence. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.machine import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+SENTENCES = ROOT / "tests" / "data" / "lexical_sentences.tsv"
+VARIANTS = 3
+NLPCDA_CHANGE_RATE = 0.3  # the setting the issue quotes for the peer
+
+
+def sentences() -> list[str]:
+    return [line.split("\t")[1] for line in SENTENCES.read_text("utf-8").splitlines() if line]
+
+
+def _ours(texts: list[str], rounds: int) -> dict:
+    from app.engines.lexical import LexicalEngine
+    from app.params import GenerationParams
+    from app.settings import Settings
+
+    started = time.perf_counter()
+    engine = LexicalEngine(Settings().lexicon_file)
+    load_s = time.perf_counter() - started
+    params = GenerationParams(num_return_sequences=VARIANTS)
+    engine.generate(texts, params)  # warm-up
+    started = time.perf_counter()
+    for _ in range(rounds):
+        outputs = engine.generate(texts, params)
+    elapsed = time.perf_counter() - started
+    return {"load_s": load_s, "seconds": elapsed, "sentences": len(texts) * rounds,
+            "with_3_variants": sum(len(v) >= VARIANTS for v in outputs) / len(texts)}
+
+
+def _nlpcda(texts: list[str], rounds: int) -> dict:
+    import contextlib
+    import io
+
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        from nlpcda import Similarword
+
+        peer = Similarword(create_num=VARIANTS + 1, change_rate=NLPCDA_CHANGE_RATE)
+    load_s = time.perf_counter() - started
+    for text in texts:
+        peer.replace(text)  # warm-up
+    started = time.perf_counter()
+    for _ in range(rounds):
+        outputs = [peer.replace(text)[1:] for text in texts]
+    elapsed = time.perf_counter() - started
+    return {"load_s": load_s, "seconds": elapsed, "sentences": len(texts) * rounds,
+            "with_3_variants": sum(len(v) >= VARIANTS for v in outputs) / len(texts)}
+
+
+def _measure_in_child(system: str, rounds: int) -> dict:
+    answer = subprocess.run([sys.executable, "-m", "bench.lexical", "--child", system, "--rounds", str(rounds)],
+                            cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(answer.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", choices=["ours", "nlpcda"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        measure = _ours if args.child == "ours" else _nlpcda
+        print(json.dumps(measure(sentences(), args.rounds)))
+        return
+    results = {name: _measure_in_child(name, args.rounds) for name in ("ours", "nlpcda")}
+    for result in results.values():
+        result["sentences_per_s"] = round(result["sentences"] / result["seconds"], 1)
+    report = {
+        "benchmark": "lexical augmentation throughput, 3 variants per sentence",
+        "machine": describe(),
+        "date": time.strftime("%Y-%m-%d"),
+        "sentences": len(sentences()),
+        "rounds": args.rounds,
+        "ours": results["ours"],
+        "nlpcda_similarword": results["nlpcda"],
+        "throughput_ratio_ours_over_nlpcda": round(
+            results["ours"]["sentences_per_s"] / results["nlpcda"]["sentences_per_s"], 2),
+    }
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n", "utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The lexical engine: real Chinese augmentation with no model weights."""
+
+import re
+import unicodedata
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings as hypothesis_settings, strategies as st
+
+from app.engines.lexical import LexicalEngine, changed_share
+from app.engines.lexicon import load_lexicon
+from app.engines.protect import split_protected
+from app.errors import ScoringUnsupported
+from app.params import GenerationParams
+from app.settings import Settings
+
+DATA = Path(__file__).parent / "data"
+SENTENCES = [line.split("\t") for line in (DATA / "lexical_sentences.tsv").read_text("utf-8").splitlines() if line]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return LexicalEngine(Settings().lexicon_file)
+
+
+@pytest.fixture(scope="module")
+def tags():
+    import jieba.posseg
+
+    return jieba.posseg.dt.word_tag_tab
+
+
+def punctuation(text: str) -> list[str]:
+    return [c for c in text if unicodedata.category(c)[0] in "PS" and c not in "@#"]
+
+
+# Chinese with words the lexicon knows, cut at punctuation so spans can sit between the pieces.
+CHINESE = st.sampled_from(sorted({piece for _, sentence in SENTENCES
+                                  for piece in re.split(r"[，。？！、]", sentence) if piece}))
+SPANS = st.one_of(
+    st.builds("{}{}".format, st.integers(0, 99999), st.sampled_from(["元", "小时", "%", "个", "GB", "天", "℃", ""])),
+    st.builds("{}年{}月{}日".format, st.integers(1990, 2030), st.integers(1, 12), st.integers(1, 28)),
+    st.builds("{}:{:02d}".format, st.integers(0, 23), st.integers(0, 59)),
+    st.sampled_from(["iPhone 15 Pro", "iOS", "API", "5G", "Wi-Fi", "ChatGPT", "Python 3.11"]),
+    st.builds("https://shop.example.com/item/{}?ref=app".format, st.integers(1, 10**6)),
+    st.builds("kefu{}@example.cn".format, st.integers(1, 999)),
+    st.builds("1{}{:08d}".format, st.sampled_from("3456789"), st.integers(0, 10**8 - 1)),
+    st.builds("DD{:012d}".format, st.integers(0, 10**12 - 1)),
+    st.builds("@{} ".format, st.sampled_from(["小明", "客服小美", "user_01"])),
+    st.builds("#{}#".format, st.sampled_from(["双十一", "618大促", "新品上市"])),
+    st.sampled_from(["😀", "👍🏻", "❤️", "🎉🎉", "👨‍👩‍👧"]),
+    st.builds("“{}”".format, CHINESE),
+    st.builds("《{}》".format, CHINESE),
+    st.builds("（{}）".format, CHINESE),
+    st.builds("【{}】".format, CHINESE),
+    st.builds("\"{}\"".format, CHINESE),
+    st.sampled_from(["三十八度", "六月三十日", "百分之十", "五个", "两天"]),
+)
+PUNCTUATION = st.sampled_from(["，", "。", "！", "？", "、", "；", "：", "…", " ", "——"])
+
+
+@st.composite
+def mixed_texts(draw):
+    pieces, spans = [], []
+    for _ in range(draw(st.integers(2, 6))):
+        pieces.append(draw(CHINESE))
+        if draw(st.booleans()):
+            span = draw(SPANS)
+            spans.append(span)
+            pieces.append(span)
+        pieces.append(draw(PUNCTUATION))
+    return "".join(pieces), spans
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(case=mixed_texts(), seed=st.integers(0, 2**32 - 1), n=st.integers(1, 10),
+       temperature=st.floats(0.1, 2.0))
+def test_protected_spans_and_punctuation_survive_and_variants_are_distinct(engine, case, seed, n, temperature):
+    text, spans = case
+    params = GenerationParams(num_return_sequences=n, temperature=temperature, seed=seed)
+    variants = [v.text for v in engine.propose(text, params)]
+    assert len(variants) <= n
+    assert len(set(variants)) == len(variants)
+    assert text not in variants
+    for variant in variants:
+        for span in spans:
+            assert variant.count(span) >= text.count(span), (span, variant)
+        assert punctuation(variant) == punctuation(text)
+    assert [v.text for v in engine.propose(text, params)] == variants
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("这款iPhone 15 Pro充满电可以用8小时，人均消费100元。", ["iPhone 15 Pro", "8小时", "100元"]),
+    ("请访问https://example.com/a?b=1了解详情，或发邮件到kefu@shop.cn。", ["https://example.com/a?b=1", "kefu@shop.cn"]),
+    ("订单号DD20240501123已发货，@小明 #双十一# 真好😀", ["DD20240501123", "@小明", "#双十一#", "😀"]),
+    ("他说“这个价格太贵了”，我觉得《三体》（第二部）很好看。", ["“这个价格太贵了”", "《三体》（第二部）"]),
+    ("2024年5月3日下午3:30开会，电话13812345678。", ["2024年5月3日", "3:30", "13812345678"]),
+])
+def test_each_kind_of_span_is_protected_whole(text, kept):
+    protected = [piece for piece, is_protected in split_protected(text) if is_protected]
+    for span in kept:
+        assert any(span in piece for piece in protected), span
+
+
+def test_on_the_fixed_set_no_swap_changes_part_of_speech_or_brings_an_idiom(engine, tags):
+    for _, sentence in SENTENCES:
+        for variant in engine.propose(sentence, GenerationParams(num_return_sequences=10, temperature=2.0, seed=3)):
+            for edit in variant.edits:
+                assert tags[edit.replacement][0] == edit.tag[0], (sentence, edit)
+                assert tags[edit.replacement] not in ("i", "l"), (sentence, edit)
+                assert not (len(edit.replacement) == 4 and len(edit.word) <= 2), (sentence, edit)
+                assert len(edit.word) >= 2 and len(edit.replacement) >= 2
+
+
+def test_the_fixed_set_covers_every_domain_with_at_least_40_sentences():
+    assert len(SENTENCES) >= 40
+    assert {domain for domain, _ in SENTENCES} == {"电商评价", "客服对话", "金融", "医疗", "政务", "新闻"}
+
+
+def test_share_of_sentences_with_three_distinct_variants_is_reported(engine, capsys):
+    counts = [len(engine.propose(s, GenerationParams(num_return_sequences=3, seed=1))) for _, s in SENTENCES]
+    share = sum(c >= 3 for c in counts) / len(counts)
+    with capsys.disabled():
+        print(f"\nlexical engine: {share:.0%} of {len(counts)} sentences get >= 3 distinct variants; "
+              f"{sum(c >= 1 for c in counts) / len(counts):.0%} get at least one")
+    assert sum(c >= 1 for c in counts) > 0
+
+
+def test_a_text_with_nothing_replaceable_gets_no_variants_rather_than_padding(engine):
+    assert engine.generate(["123 456 ABC！"], GenerationParams()) == [[]]
+
+
+def test_fewer_variants_than_asked_when_fewer_exist(engine):
+    variants = engine.propose("价格", GenerationParams(num_return_sequences=10, seed=1))
+    assert [v.text for v in variants] == ["价钱"]
+
+
+def test_temperature_sets_the_share_of_words_changed(engine):
+    assert changed_share(0.8) == pytest.approx(0.4)
+    assert changed_share(2.0) == 1.0
+    sentence = "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。"
+    low = engine.propose(sentence, GenerationParams(num_return_sequences=1, temperature=0.1, seed=2))
+    high = engine.propose(sentence, GenerationParams(num_return_sequences=1, temperature=2.0, seed=2))
+    assert low and high
+    assert len(low[0].edits) <= len(high[0].edits)
+
+
+def test_a_seed_fixes_a_texts_variants_whatever_the_batch(engine):
+    params = GenerationParams(num_return_sequences=3, seed=9)
+    texts = [s for _, s in SENTENCES[:6]]
+    alone = [engine.generate([t], params)[0] for t in texts]
+    assert engine.generate(texts, params) == alone
+    assert engine.generate(list(reversed(texts)), params) == list(reversed(alone))
+
+
+def test_the_lexical_engine_cannot_score(engine):
+    with pytest.raises(ScoringUnsupported) as caught:
+        engine.score("文本分类", ["积极", "消极"])
+    assert caught.value.status == 503 and "mT5" in caught.value.message
+
+
+def test_reviewed_swaps_outside_cilin_groups_are_ignored(tmp_path):
+    reviewed = tmp_path / "reviewed.tsv"
+    reviewed.write_text("价格\tn\t价钱 耳机\n# comment\n", "utf-8")
+    lexicon = load_lexicon(reviewed)
+    assert lexicon.candidates("价格", "n") == ("价钱",)
+    assert lexicon.candidates("价格", "v") == ()
