@@ -129,9 +129,8 @@ class LexicalEngine:
     def _enumerate(slots: list[_Slot], target: int, rng: random.Random):
         options = [[None, *((slot, s) for s in slot.synonyms)] for slot in slots]
         every = [[c for c in combo if c is not None] for combo in itertools.product(*options)]
-        every = [combo for combo in every if combo]
-        keys = {id(combo): (abs(len(combo) - target), rng.random()) for combo in every}
-        return sorted(every, key=lambda combo: keys[id(combo)])
+        # Closest to the asked share first; ties in a seeded random order (one key per combination).
+        return sorted((combo for combo in every if combo), key=lambda combo: (abs(len(combo) - target), rng.random()))
 
     @staticmethod
     def _sample(slots: list[_Slot], target: int, wanted: int, rng: random.Random):
