@@ -60,9 +60,10 @@ class Service:
         self._engines: dict[str, Engine] = {}
         self._unavailable: dict[str, str] = {}
         self._readiness = Readiness(False, "loading", "模型加载中，请稍候")
-        # One engine call at a time: sampling seeds torch's global generator, and a CPU has no
-        # spare cores for a second call. Batching across requests comes with the dynamic batcher.
-        self._engine_lock = threading.Lock()
+        # One call at a time per engine: mT5 sampling seeds torch's global generator, and a CPU has
+        # no spare cores for a second call. Engines do not wait for each other. Batching across
+        # requests comes with the dynamic batcher.
+        self._engine_locks: dict[str, threading.Lock] = {}
 
     def load(self, loaders: dict[str, Callable[[], Engine]]) -> None:
         """Load engines in order of preference; the first that loads serves by default.
@@ -80,6 +81,7 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - any load failure must leave a serving process
                 log.exception("engine %s failed to load", name)
                 unavailable[name] = f"加载失败：{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        self._engine_locks = {name: threading.Lock() for name in engines}
         self._engines, self._unavailable = engines, unavailable
         if not engines:
             self._readiness = Readiness(False, "unavailable", "；".join(unavailable.values()))
@@ -175,16 +177,17 @@ class Service:
     def _generate(self, engine: Engine, prompts: list[str], params: GenerationParams,
                   started: float) -> list[list[str]]:
         size = self.settings.max_batch_size
+        lock = self._engine_locks[engine.name]
         outputs: list[list[str]] = []
         for start in range(0, len(prompts), size):
             chunk = prompts[start:start + size]
             wait = started + self.settings.request_timeout_s - time.monotonic()
-            if wait <= 0 or not self._engine_lock.acquire(timeout=wait):
+            if wait <= 0 or not lock.acquire(timeout=wait):
                 raise RequestTimeout(f"等待模型超过 {self.settings.request_timeout_s:.0f} 秒，请稍后重试")
             try:
                 answer = engine.generate(chunk, params)
             finally:
-                self._engine_lock.release()
+                lock.release()
             if len(answer) != len(chunk):
                 raise EngineContractError(engine.name, len(chunk), len(answer))
             outputs.extend(answer)

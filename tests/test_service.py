@@ -167,13 +167,13 @@ def test_asking_for_an_engine_that_is_not_loaded_is_a_clear_422():
 
 def test_a_request_that_cannot_reach_the_engine_in_time_gets_a_timeout():
     service = make_service(ScriptedEngine([["x"]]), request_timeout_s=0.2)
-    service._engine_lock.acquire()
+    service._engine_locks["mt5"].acquire()
     try:
         with pytest.raises(RequestTimeout) as caught:
             service.augment(["好"], GenerationParams())
         assert caught.value.status == 504
     finally:
-        service._engine_lock.release()
+        service._engine_locks["mt5"].release()
 
 
 def test_concurrent_requests_each_get_their_own_variants():
@@ -190,3 +190,18 @@ def test_concurrent_requests_each_get_their_own_variants():
     for thread in threads:
         thread.join()
     assert results == {f"第{i}条": [[f"第{i}条·改"]] for i in range(8)}
+
+
+def test_one_engine_busy_never_holds_up_another():
+    class LexicalDouble(ScriptedEngine):
+        name, wants_raw_text = "lexical", True
+
+    service = make_service(request_timeout_s=0.5)
+    service.load({"mt5": lambda: ScriptedEngine([["x"]]), "lexical": lambda: LexicalDouble([["改写"]])})
+    service._engine_locks["mt5"].acquire()
+    try:
+        assert service.augment(["好"], GenerationParams(), engine="lexical").variants == [["改写"]]
+        with pytest.raises(RequestTimeout):
+            service.augment(["好"], GenerationParams())
+    finally:
+        service._engine_locks["mt5"].release()
