@@ -167,8 +167,6 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8J
     # FastAPI wraps errors raised while it reads the body (our size limit among them).
     if isinstance(exc.__cause__, DppError):
         return error_response(exc.__cause__)
-    if exc.status_code == 405:
-        return error_response(_wrong_method(request))
     if exc.status_code == 404:
         return error_response(NotFound(f"没有 {request.url.path} 这个接口"))
     if exc.status_code == 400:
@@ -235,12 +233,8 @@ class RequestContext:
         return tagged_send
 
 
-def _wrong_method(request: Request) -> MethodNotAllowed:
-    return MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法")
-
-
 def _method_not_allowed(request: Request) -> None:
-    raise _wrong_method(request)
+    raise MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法")
 
 
 def install(app: FastAPI, max_body_bytes: int) -> None:

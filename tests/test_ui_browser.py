@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 pytestmark = pytest.mark.browser
 
@@ -185,11 +184,7 @@ def test_copy_buttons_put_variants_on_clipboard(page):
 
 
 def test_banner_names_missing_model_directory(browser, server_without_model):
-    deadline = time.monotonic() + 60
-    state = requests.get(server_without_model.url + "/readyz", timeout=5).json()
-    while state["status"] == "loading" and time.monotonic() < deadline:
-        time.sleep(0.2)
-        state = requests.get(server_without_model.url + "/readyz", timeout=5).json()
+    state = server_without_model.settled_readiness().json()
     assert state["status"] == "unavailable", state
 
     missing = str((server_without_model.log_dir.parent / "missing-model").resolve())
