@@ -99,7 +99,7 @@ def format_markdown(original: str, variants: list[str]) -> str:
 def status_line(found: int, wanted: int, engine: str, elapsed_ms: float) -> str:
     line = f"生成 {found} 条不同的结果（引擎 {engine}，耗时 {elapsed_ms:.0f} ms）"
     if found < wanted:
-        line += f"；模型只给出了 {found} 条与原文不同且互不重复的结果"
+        line += f"；只找到 {found} 条与原文不同且互不重复的结果，没有用重复结果凑数"
     return line
 
 

@@ -4,6 +4,8 @@
     (a person marks each line of bench/results/lexical_quality_blind.tsv: ok or bad in column 4)
     .venv/bin/python -m bench.lexical_quality score   # joins the marks back, writes the table
 
+Two sentence sets: the fixed test set (tests/data/lexical_sentences.tsv) and a held-out set written
+without seeing the lexicon (tests/data/lexical_heldout.tsv).
 The reader sees original and variant only, in shuffled order, never which system made it.
 """
 
@@ -18,89 +20,102 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.lexical import SENTENCES
-
 ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
 RESULTS = ROOT / "bench" / "results"
 BLIND = RESULTS / "lexical_quality_blind.tsv"
 KEY = RESULTS / "lexical_quality_key.json"
 TABLE = RESULTS / "lexical_quality.md"
-PER_DOMAIN = 5  # 6 domains x 5 = 30 sentences
+SETS = {"fixed": DATA / "lexical_sentences.tsv", "held-out": DATA / "lexical_heldout.tsv"}
 SEED = 1
+COVERAGE_VARIANTS = 3
 
 
-def _picked() -> list[str]:
-    """The first sentences of each domain, in file order."""
-    picked: dict[str, list[str]] = {}
-    for line in SENTENCES.read_text("utf-8").splitlines():
-        if line:
-            domain, text = line.split("\t")
-            if len(picked.setdefault(domain, [])) < PER_DOMAIN:
-                picked[domain].append(text)
-    return [text for texts in picked.values() for text in texts]
+def _picked() -> list[tuple[str, str]]:
+    """(set, sentence) for every sentence of each set, in file order."""
+    return [(name, line.split("\t")[1]) for name, path in SETS.items()
+            for line in path.read_text("utf-8").splitlines() if line]
 
 
-def _one_variant_each(system: str) -> list[str | None]:
-    texts = _picked()
+def _one_variant_each(system: str) -> list[list[str]]:
+    """Up to COVERAGE_VARIANTS variants per picked sentence; the first is the one read."""
+    texts = [text for _, text in _picked()]
     if system == "ours":
         from app.engines.lexical import LexicalEngine
         from app.params import GenerationParams
         from app.settings import Settings
 
         engine = LexicalEngine(Settings().lexicon_file)
-        found = engine.generate(texts, GenerationParams(num_return_sequences=1, seed=SEED))
-        return [variants[0] if variants else None for variants in found]
+        return engine.generate(texts, GenerationParams(num_return_sequences=COVERAGE_VARIANTS, seed=SEED))
     with contextlib.redirect_stdout(io.StringIO()):
         from nlpcda import Similarword
 
-        peer = Similarword(create_num=2, change_rate=0.3, seed=SEED)
-    return [next(iter(peer.replace(text)[1:]), None) for text in texts]
+        peer = Similarword(create_num=COVERAGE_VARIANTS + 1, change_rate=0.3, seed=SEED)
+    return [[v for v in dict.fromkeys(peer.replace(text)[1:]) if v != text] for text in texts]
 
 
 def make() -> None:
-    rows = []
+    rows, coverage = [], {}
     for system in ("ours", "nlpcda"):
         answer = subprocess.run([sys.executable, "-m", "bench.lexical_quality", "child", system],
                                 cwd=ROOT, capture_output=True, text=True, check=True)
-        for original, variant in zip(_picked(), json.loads(answer.stdout.strip().splitlines()[-1])):
-            rows.append((system, original, variant))
+        found = json.loads(answer.stdout.strip().splitlines()[-1])
+        for (name, original), variants in zip(_picked(), found):
+            rows.append((system, name, original, variants[0] if variants else None))
+            counts = coverage.setdefault(system, {}).setdefault(name, [])
+            counts.append(len(variants))
     random.Random(SEED).shuffle(rows)
     key = {}
     with BLIND.open("w", encoding="utf-8") as out:
         out.write("id\toriginal\tvariant\tmark\n")
-        for number, (system, original, variant) in enumerate(rows, 1):
-            key[str(number)] = system
-            out.write(f"{number}\t{original}\t{variant or '（无变体）'}\t\n")
-    KEY.write_text(json.dumps(key, indent=1), "utf-8")
+        for number, (system, name, original, variant) in enumerate(rows, 1):
+            key[str(number)] = [system, name]
+            out.write(f"{number}\t{original}\t{variant or '（无变体）'}\t{'' if variant else 'none'}\n")
+    shares = {system: {name: {"sentences": len(c), "with_1": sum(n >= 1 for n in c) / len(c),
+                              f"with_{COVERAGE_VARIANTS}": sum(n >= COVERAGE_VARIANTS for n in c) / len(c)}
+                       for name, c in sets.items()} for system, sets in coverage.items()}
+    KEY.write_text(json.dumps({"coverage": shares, "lines": key}, indent=1), "utf-8")
+    print(json.dumps(shares))
     print(f"wrote {BLIND} ({len(rows)} lines) and {KEY}")
 
 
 def score() -> None:
     key = json.loads(KEY.read_text("utf-8"))
     lines = [line.split("\t") for line in BLIND.read_text("utf-8").splitlines()[1:] if line]
-    marks: dict[str, list[tuple[str, str, str, str]]] = {"ours": [], "nlpcda": []}
+    marks: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}
     for number, original, variant, mark, *note in lines:
         if mark not in ("ok", "bad", "none"):
             raise SystemExit(f"line {number}: mark must be ok, bad or none (no variant), got {mark!r}")
-        marks[key[number]].append((original, variant, mark, note[0] if note else ""))
-    summary = {}
-    for system, rows in marks.items():
-        produced = [m for m in rows if m[2] != "none"]
-        ok = sum(m[2] == "ok" for m in produced)
-        summary[system] = {"read": len(produced), "ok": ok, "ok_share": ok / len(produced) if produced else 0.0,
-                           "no_variant": len(rows) - len(produced)}
+        system, name = key["lines"][number]
+        marks.setdefault((system, name), []).append((original, variant, mark, note[0] if note else ""))
+    summary: dict[str, dict] = {}
+    for (system, name), rows in sorted(marks.items()):
+        read = [m for m in rows if m[2] != "none"]
+        ok = sum(m[2] == "ok" for m in read)
+        summary.setdefault(system, {})[name] = {
+            "read": len(read), "ok": ok, "ok_share": ok / len(read) if read else 0.0,
+            "no_variant": len(rows) - len(read), **key["coverage"][system][name]}
     table = ["# Lexical variants read by a person (blind)", "",
-             f"One variant per sentence (seed {SEED}) for the first {PER_DOMAIN} sentences of each domain in "
-             "`tests/data/lexical_sentences.tsv`, shuffled together and read without knowing the system; "
+             f"One variant per sentence (seed {SEED}) from each system, on two sets: "
+             "`tests/data/lexical_sentences.tsv` (fixed) and `tests/data/lexical_heldout.tsv` (held-out: "
+             "written by someone who had not seen the lexicon). All lines were shuffled together and read without knowing the system; "
              "ok = same meaning and natural Chinese. Sentences where a system gave no variant are counted "
-             "apart, not as ok.", ""]
-    for system, label in (("ours", "ours (lexical engine)"), ("nlpcda", "nlpcda Similarword, change_rate 0.3")):
-        s = summary[system]
-        table.append(f"- {label}: **{s['ok_share']:.0%}** ok ({s['ok']} of {s['read']} variants read; "
-                     f"{s['no_variant']} sentences without a variant)")
-    table += ["", "| system | original | variant | mark | note |", "| --- | --- | --- | --- | --- |"]
-    for system, rows in marks.items():
-        table += [f"| {system} | {o} | {v} | {m} | {n} |" for o, v, m, n in rows]
+             f"apart, not as ok. Coverage: share of sentences with at least 1 and at least "
+             f"{COVERAGE_VARIANTS} distinct variants when {COVERAGE_VARIANTS} are asked for.", "",
+             "| system | set | ok share | ok / read | no variant | ≥1 variant | "
+             f"≥{COVERAGE_VARIANTS} variants |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    labels = {"ours": "ours (lexical engine)", "nlpcda": "nlpcda Similarword, change_rate 0.3"}
+    for system, sets in summary.items():
+        read, ok = (sum(s[k] for s in sets.values()) for k in ("read", "ok"))
+        sets["both"] = {"read": read, "ok": ok, "ok_share": ok / read if read else 0.0,
+                        **{k: "" for k in ("no_variant", "with_1", f"with_{COVERAGE_VARIANTS}")}}
+        for name, s in sets.items():
+            shares = [f"{s[k]:.0%}" if s[k] != "" else "" for k in ("with_1", f"with_{COVERAGE_VARIANTS}")]
+            table.append(f"| {labels[system]} | {name} | **{s['ok_share']:.0%}** | {s['ok']} / {s['read']} | "
+                         f"{s['no_variant']} | {' | '.join(shares)} |")
+    table += ["", "| system | set | original | variant | mark | note |", "| --- | --- | --- | --- | --- | --- |"]
+    for (system, name), rows in sorted(marks.items()):
+        table += [f"| {system} | {name} | {o} | {v} | {m} | {n} |" for o, v, m, n in rows]
     TABLE.write_text("\n".join(table) + "\n", "utf-8")
     print(json.dumps(summary))
 

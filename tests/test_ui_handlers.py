@@ -48,8 +48,9 @@ def test_copy_formats():
 
 
 def test_the_status_line_says_when_fewer_variants_exist_than_asked():
-    assert "只给出了 2 条" in ui.status_line(2, 3, "mt5", 12.0)
-    assert "只给出了" not in ui.status_line(3, 3, "mt5", 12.0)
+    assert "只找到 2 条" in ui.status_line(2, 3, "mt5", 12.0)
+    assert "凑数" in ui.status_line(2, 3, "lexical", 12.0)
+    assert "只找到" not in ui.status_line(3, 3, "mt5", 12.0)
 
 
 def test_batch_lines_keep_order_and_skip_blank_lines():

@@ -10,10 +10,11 @@ import itertools
 import logging
 import random
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.engines.lexicon import Lexicon, load_lexicon
+from app.engines.lexicon import EXCLUDED_TAGS, Lexicon, load_lexicon
 from app.engines.protect import split_protected
 from app.errors import ScoringUnsupported
 from app.params import GenerationParams
@@ -25,13 +26,30 @@ SHARE_PER_TEMPERATURE = 0.5
 # Below this many combinations every variant is listed and picked from; above, variants are sampled.
 ENUMERATION_LIMIT = 4096
 SAMPLING_ATTEMPTS_PER_VARIANT = 30
+# jieba's dictionary holds ~116k phrases with count <= 3 (仔细阅读, 提高效率, 价格比); they are cut in two
+# words when both halves are common words, so that the halves can be replaced.
+PHRASE_ENTRY_MAX_FREQ = 3
+COMMON_WORD_FREQ = 300
+# Two nouns joined by one of these may swap places (身份证和户口本 -> 户口本和身份证) ...
+CONJUNCTIONS = frozenset({"和", "与", "及", "以及", "、"})
+# ... unless a word of comparison or relation follows, where the order carries meaning (颜色和图片一样).
+ORDERED_RELATIONS = frozenset({
+    "一样", "不一样", "相同", "不同", "相似", "类似", "相比", "相比较", "比较", "对比", "相当", "一致", "相等",
+    "相反", "同样", "区别", "差别", "差异", "不如", "之间", "相关", "有关", "无关", "接近", "相近", "差不多", "比",
+})
+RELATION_LOOKAHEAD = 3  # tokens after the second noun searched for such a word
+# What may stand right before the first noun and right after the second: a clause boundary, a verb,
+# a preposition or an adverb; never a modifier (新的产品和服务, 3个苹果和梨) whose scope would move.
+BEFORE_FIRST = ("v", "p", "x")
+AFTER_SECOND = ("v", "d", "p", "x", "u", "c")
+REORDER = "reorder"
 
 
 @dataclass(frozen=True)
 class Edit:
     word: str
     replacement: str
-    tag: str
+    tag: str  # the word's part of speech; REORDER for two coordinated nouns swapping places
 
 
 @dataclass(frozen=True)
@@ -41,11 +59,18 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class _Token:
+    text: str
+    tag: str  # jieba's tag; "x" for punctuation, "" for any other protected span
+
+
+@dataclass(frozen=True)
 class _Slot:
     index: int  # position in the token list
     word: str
     tag: str
-    synonyms: tuple[str, ...]
+    options: tuple[str, ...]  # synonyms; for a reorder the one option is the partner noun
+    partner: int | None = None  # a reorder exchanges the nouns at index and partner
 
 
 def changed_share(temperature: float) -> float:
@@ -65,7 +90,10 @@ class LexicalEngine:
         import jieba.posseg
 
         jieba.setLogLevel(logging.WARNING)
+        jieba.initialize()  # replaces jieba.dt.FREQ, so before it is kept
         self._cut = jieba.posseg.dt.cut
+        self._tags = jieba.posseg.dt.word_tag_tab
+        self._freq = jieba.dt.FREQ
         self._lexicon: Lexicon = load_lexicon(reviewed_file)
         self._load_seconds = time.monotonic() - started
         log.info("Lexical engine loaded in %.1f s (%s)", self._load_seconds, self._lexicon.source)
@@ -85,23 +113,41 @@ class LexicalEngine:
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
         raise ScoringUnsupported("同义词替换引擎不能打分：零样本分类等任务需要 mT5 权重（见 README「安装模型权重」）")
 
-    def _tokens(self, text: str) -> tuple[list[str], list[_Slot]]:
-        tokens: list[str] = []
-        slots: list[_Slot] = []
+    def _tokens(self, text: str) -> list[_Token]:
+        tokens: list[_Token] = []
         for piece, protected in split_protected(text):
             if protected:
-                tokens.append(piece)
+                tokens.append(_Token(piece, "x" if all(_is_punctuation(c) for c in piece) else ""))
                 continue
             for pair in self._cut(piece):
-                synonyms = self._lexicon.candidates(pair.word, pair.flag)
-                if synonyms:
-                    slots.append(_Slot(len(tokens), pair.word, pair.flag, synonyms))
-                tokens.append(pair.word)
-        return tokens, slots
+                tokens.extend(self._halves(pair.word, pair.flag))
+        return tokens
+
+    def _halves(self, word: str, tag: str) -> list[_Token]:
+        """A phrase entry of jieba's dictionary cut in two common words; any other word as it is."""
+        if (len(word) < 3 or self._freq.get(word, 0) > PHRASE_ENTRY_MAX_FREQ or tag in EXCLUDED_TAGS
+                or self._lexicon.candidates(word, tag)):
+            return [_Token(word, tag)]
+        cuts = [(word[:i], word[i:]) for i in range(1, len(word))]
+        cuts = [cut for cut in cuts if all(self._freq.get(half, 0) >= COMMON_WORD_FREQ
+                                           and self._tags.get(half, "x") not in EXCLUDED_TAGS for half in cut)]
+        if not cuts:
+            return [_Token(word, tag)]
+        best = max(cuts, key=lambda cut: min(self._freq[half] for half in cut))
+        return [_Token(half, self._tags[half]) for half in best]
+
+    def _slots(self, tokens: list[_Token]) -> list[_Slot]:
+        slots = [_Slot(i, t.text, t.tag, synonyms) for i, t in enumerate(tokens)
+                 if (synonyms := self._lexicon.candidates(t.text, t.tag))]
+        for i in range(1, len(tokens) - 1):
+            if tokens[i].text in CONJUNCTIONS and _coordinated(tokens, i - 1, i + 1):
+                slots.append(_Slot(i - 1, tokens[i - 1].text, REORDER, (tokens[i + 1].text,), partner=i + 1))
+        return slots
 
     def propose(self, text: str, params: GenerationParams) -> list[Variant]:
         """Up to `num_return_sequences` distinct variants, each different from `text`."""
-        tokens, slots = self._tokens(text)
+        tokens = self._tokens(text)
+        slots = self._slots(tokens)
         if not slots:
             return []
         # A seed fixes each text's variants whatever else is in the batch.
@@ -110,7 +156,7 @@ class LexicalEngine:
         wanted = params.num_return_sequences
         combinations = 1
         for slot in slots:
-            combinations *= len(slot.synonyms) + 1
+            combinations *= len(slot.options) + 1
         if combinations <= ENUMERATION_LIMIT:
             choices = self._enumerate(slots, target, rng)
         else:
@@ -127,7 +173,7 @@ class LexicalEngine:
 
     @staticmethod
     def _enumerate(slots: list[_Slot], target: int, rng: random.Random):
-        options = [[None, *((slot, s) for s in slot.synonyms)] for slot in slots]
+        options = [[None, *((slot, option) for option in slot.options)] for slot in slots]
         every = [[c for c in combo if c is not None] for combo in itertools.product(*options)]
         # Closest to the asked share first; ties in a seeded random order (one key per combination).
         return sorted((combo for combo in every if combo), key=lambda combo: (abs(len(combo) - target), rng.random()))
@@ -138,13 +184,38 @@ class LexicalEngine:
         for attempt in range(attempts):
             # Half the attempts at the asked share; then any share, to find distinct variants.
             count = target if attempt < attempts // 2 else rng.randint(1, len(slots))
-            yield [(slot, rng.choice(slot.synonyms)) for slot in rng.sample(slots, count)]
+            yield [(slot, rng.choice(slot.options)) for slot in rng.sample(slots, count)]
 
 
-def _apply(tokens: list[str], choice) -> Variant:
-    changed = list(tokens)
+def _is_punctuation(char: str) -> bool:
+    return unicodedata.category(char)[0] in "PZ"
+
+
+def _coordinated(tokens: list[_Token], first: int, second: int) -> bool:
+    """Two plain nouns joined by a conjunction, with nothing around them whose meaning hangs on their order."""
+    if not all(tokens[i].tag == "n" and len(tokens[i].text) >= 2 for i in (first, second)):
+        return False
+    if tokens[first].text == tokens[second].text:
+        return False
+    if first > 0 and tokens[first - 1].tag[:1] not in BEFORE_FIRST:
+        return False
+    after = tokens[second + 1:second + 1 + RELATION_LOOKAHEAD]
+    if after and after[0].tag[:1] not in AFTER_SECOND:
+        return False
+    return not any(t.text in ORDERED_RELATIONS for t in after)
+
+
+def _apply(tokens: list[_Token], choice) -> Variant:
+    changed = [t.text for t in tokens]
     edits = []
-    for slot, synonym in sorted(choice, key=lambda pair: pair[0].index):
-        changed[slot.index] = synonym
-        edits.append(Edit(slot.word, synonym, slot.tag))
+    # Synonyms first, then reorders, so that a noun may be both replaced and moved.
+    for slot, option in sorted(choice, key=lambda pair: (pair[0].partner is not None, pair[0].index)):
+        if slot.partner is None:
+            changed[slot.index] = option
+            edits.append(Edit(slot.word, option, slot.tag))
+        else:
+            first, second = changed[slot.index], changed[slot.partner]
+            middle = "".join(changed[slot.index + 1:slot.partner])
+            changed[slot.index], changed[slot.partner] = second, first
+            edits.append(Edit(first + middle + second, second + middle + first, REORDER))
     return Variant("".join(changed), tuple(edits))

