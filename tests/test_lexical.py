@@ -1,10 +1,10 @@
 """The lexical engine: real Chinese augmentation with no model weights."""
 
 import re
-from collections import defaultdict
 import subprocess
 import sys
 import unicodedata
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -112,7 +112,7 @@ def test_each_kind_of_span_is_protected_whole(text, kept):
         assert any(span in piece for piece in protected), span
 
 
-def test_on_the_fixed_set_no_swap_changes_part_of_speech_or_brings_an_idiom(engine, tags):
+def test_on_both_sentence_sets_no_swap_changes_part_of_speech_or_brings_an_idiom(engine, tags):
     cilin_parts = defaultdict(set)  # the parts of speech of the Cilin classes a word is filed in
     for code, words in cilin_groups():
         for word in words:

