@@ -95,11 +95,12 @@ def score() -> None:
         summary.setdefault(system, {})[name] = {
             "read": len(read), "ok": ok, "ok_share": ok / len(read) if read else 0.0,
             "no_variant": len(rows) - len(read), **key["coverage"][system][name]}
-    table = ["# Lexical variants read by a person (blind)", "",
+    table = ["# Lexical variants read blind", "",
              f"One variant per sentence (seed {SEED}) from each system, on two sets: "
              "`tests/data/lexical_sentences.tsv` (fixed) and `tests/data/lexical_heldout.tsv` (held-out: "
              "written by someone who had not seen the lexicon). All lines were shuffled together and read without knowing the system; "
-             "ok = same meaning and natural Chinese. Sentences where a system gave no variant are counted "
+             "ok = same meaning and natural Chinese. The reader was a separate AI reviewer agent given only "
+             "this file; a human spot-check is still to be done. Sentences where a system gave no variant are counted "
              f"apart, not as ok. Coverage: share of sentences with at least 1 and at least "
              f"{COVERAGE_VARIANTS} distinct variants when {COVERAGE_VARIANTS} are asked for.", "",
              "| system | set | ok share | ok / read | no variant | ≥1 variant | "
