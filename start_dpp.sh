@@ -25,13 +25,15 @@ PY="$VENV/bin/python"
 BASE_PY="${DPP_PYTHON:-python3}"
 
 # One stamp per lock file, so a plain run after a --dev run installs nothing.
+lock_hash() { sha256sum < "$ROOT/$1" | cut -d' ' -f1; }
+
 installed() {  # installed LOCKFILE STAMPFILE
-  [ -f "$VENV/$2" ] && [ "$(cat "$VENV/$2")" = "$(sha256sum < "$ROOT/$1" | cut -d' ' -f1)" ]
+  [ -f "$VENV/$2" ] && [ "$(cat "$VENV/$2")" = "$(lock_hash "$1")" ]
 }
 
 install_lock() {  # install_lock LOCKFILE STAMPFILE
   "$PY" -m pip install --quiet --disable-pip-version-check -r "$ROOT/$1"
-  sha256sum < "$ROOT/$1" | cut -d' ' -f1 > "$VENV/$2"
+  lock_hash "$1" > "$VENV/$2"
 }
 
 setup_venv() {

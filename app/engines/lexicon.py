@@ -30,10 +30,15 @@ EXCLUDED_TAGS = ("i", "l", "nr", "ns", "nt", "nz", "j")
 CILIN_PART_OF_SPEECH = {"A": "n", "B": "n", "C": "n", "D": "n", "E": "a",
                         "F": "v", "G": "v", "H": "v", "I": "v", "J": "v", "Ka": "d"}
 # jieba tags that name two parts of speech: adverbial or nominal adjective, verbal noun, verbal adverb.
-DOUBLE_TAGS = {"ad": "ad", "an": "an", "vn": "vn", "vd": "vd"}
+DOUBLE_TAGS = frozenset({"ad", "an", "vn", "vd"})
 MAX_LENGTH_CHANGE = 1
 MIN_CANDIDATE_FREQ = 300  # jieba dictionary count; below it words are rare, archaic or dialect
 MIN_FREQ_RATIO = 0.03  # a synonym far rarer than the word reads as odd
+
+
+def is_content_tag(tag: str) -> bool:
+    """A noun, verb, adjective or adverb tag of jieba's, and not an idiom's, a name's or an abbreviation's."""
+    return bool(tag) and tag[0] in CONTENT_FAMILIES and tag not in EXCLUDED_TAGS
 
 
 class LexiconError(RuntimeError):
@@ -47,7 +52,7 @@ class Lexicon:
 
     def candidates(self, word: str, tag: str) -> tuple[str, ...]:
         """Reviewed synonyms of `word` used with part of speech `tag`; none for other uses."""
-        if not tag or tag[0] not in CONTENT_FAMILIES or tag in EXCLUDED_TAGS or len(word) < 2:
+        if not is_content_tag(tag) or len(word) < 2:
             return ()
         return self.synonyms.get(f"{word}\t{tag[0]}", ())
 
@@ -82,7 +87,7 @@ def part_of_speech(code: str) -> str | None:
 
 
 def tag_parts_of_speech(tag: str) -> str:
-    return DOUBLE_TAGS.get(tag, tag[:1])
+    return tag if tag in DOUBLE_TAGS else tag[:1]
 
 
 def _is_simplified_common(word: str) -> bool:
@@ -173,7 +178,7 @@ def _judged(reviewed_file: Path):
     for number, word, tag, candidates in _reviewed_lines(reviewed_file):
         judged = []
         for candidate, added in candidates:
-            if not tag or tag[0] not in CONTENT_FAMILIES or tag in EXCLUDED_TAGS:
+            if not is_content_tag(tag):
                 problem = f"tag {tag!r} is not a content word's"
             else:
                 problem = dictionary.swap_problem(word, candidate)
@@ -203,8 +208,8 @@ def review_candidates(min_word_freq: int) -> list[tuple[str, str, list[str]]]:
     together, dictionary = _shared_groups(groups), _Dictionary(groups)
     rows = []
     for word, tag in dictionary.tags.items():
-        if (len(word) < 2 or tag[0] not in CONTENT_FAMILIES or tag in EXCLUDED_TAGS
-                or dictionary.freq.get(word, 0) < min_word_freq or not _is_simplified_common(word)):
+        if (len(word) < 2 or not is_content_tag(tag) or dictionary.freq.get(word, 0) < min_word_freq
+                or not _is_simplified_common(word)):
             continue
         candidates = sorted(c for c in together.get(word, ()) if dictionary.plain_swap(word, c))
         if candidates:
@@ -219,13 +224,16 @@ def main() -> None:
     listing = steps.add_parser("candidates", help="print Cilin swap candidates for review, as TSV")
     listing.add_argument("--min-freq", type=int, default=2000, help="least jieba count of a word")
     check = steps.add_parser("check", help="print every reviewed swap the loader drops, with the reason")
-    check.add_argument("file", type=Path, nargs="?", default=Path(__file__).parent.parent / "data"
-                       / "synonyms_reviewed.tsv")
+    check.add_argument("file", type=Path, nargs="?", help="default: the lexicon file of the settings")
     args = parser.parse_args()
     if args.step == "candidates":
         for word, tag, candidates in review_candidates(args.min_freq):
             print(f"{word}\t{tag}\t{' '.join(candidates)}")
         return
+    if args.file is None:
+        from app.settings import Settings
+
+        args.file = Settings().lexicon_file
     dropped = 0
     for number, word, _, judged in _judged(args.file):
         for candidate, _, problem in judged:
@@ -233,6 +241,7 @@ def main() -> None:
                 dropped += 1
                 print(f"{args.file}:{number}\t{word}\t{candidate}\t{problem}")
     print(f"{dropped} swaps dropped", file=sys.stderr)
+
 
 if __name__ == "__main__":
     main()
