@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Launcher for a checkout: set up .venv from requirements.lock once, report the device, exec webui.py.
-# Flags of its own: --setup-only (prepare .venv and exit), --dev (also install requirements-dev.lock).
+# Launcher for a checkout and for the offline bundle, report the device, exec webui.py.
+# In a checkout it sets up .venv from requirements.lock once. In a bundle (VERSION and python/ beside
+# it) it uses only the bundled Python, after checking this machine can run it; it never calls pip.
+# Flags of its own: --setup-only (prepare or check, then exit), --dev (checkout: also install
+# requirements-dev.lock), --verify (bundle: check every file against MANIFEST first).
 # Every other flag goes to webui.py; `./start_dpp.sh --help` lists them.
 set -euo pipefail
 
@@ -9,12 +12,14 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 setup_only=0
 dev=0
+verify=0
 want_help=0
 args=()
 for arg in "$@"; do
   case "$arg" in
     --setup-only) setup_only=1 ;;
     --dev) dev=1 ;;
+    --verify) verify=1 ;;
     -h|--help) want_help=1; args+=("$arg") ;;
     *) args+=("$arg") ;;
   esac
@@ -57,17 +62,74 @@ setup_venv() {
   echo "Environment ready: $VENV"
 }
 
+# --- bundle -----------------------------------------------------------------------------------
+version_field() {  # version_field KEY: a value from the bundle's VERSION file
+  sed -n "s/^$1=//p" "$ROOT/VERSION" | head -n1
+}
+
+refuse() {
+  echo "error: $*" >&2
+  exit 3
+}
+
+check_platform() {
+  local arch glibc have
+  arch="$(version_field arch)"
+  glibc="$(version_field glibc)"
+  [ "$(uname -m)" = "$arch" ] ||
+    refuse "this bundle was built for $arch, but this machine is $(uname -m); build one on a $(uname -m) machine"
+  have="$(getconf GNU_LIBC_VERSION 2>/dev/null | sed -n 's/^glibc //p')"
+  [ -n "$have" ] || refuse "this machine has no glibc (musl?); the bundle needs glibc $glibc or newer"
+  [ "$(printf '%s\n%s\n' "$glibc" "$have" | sort -V | head -n1)" = "$glibc" ] ||
+    refuse "this machine has glibc $have, older than the build machine's $glibc; build the bundle on a machine with glibc $have or older"
+}
+
+verify_manifest() {
+  [ -f "$ROOT/MANIFEST" ] || refuse "MANIFEST is missing: cannot verify this bundle"
+  echo "Verifying $(wc -l < "$ROOT/MANIFEST") files against MANIFEST..."
+  local failed
+  failed="$(cd "$ROOT" && sha256sum --quiet -c MANIFEST 2>/dev/null | sed -n 's/: FAILED.*$//p')" || true
+  if [ -n "$failed" ]; then
+    echo "error: these files differ from MANIFEST (changed, damaged or missing):" >&2
+    sed 's/^/  /' <<< "$failed" >&2
+    exit 4
+  fi
+  echo "All files match MANIFEST."
+}
+
+use_bundled_python() {
+  PY="$ROOT/python/bin/python3"
+  export PYTHONHOME="$ROOT/python"
+  export LD_LIBRARY_PATH="$ROOT/python/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # The bundle is read-only as far as Python goes: no user site, no .pyc written next to it.
+  export PYTHONNOUSERSITE=1 PYTHONDONTWRITEBYTECODE=1
+  unset PYTHONPATH PYTHONSTARTUP
+  "$PY" -c 'import encodings' 2>/dev/null ||
+    refuse "the bundled Python at $PY does not start; run ./start_dpp.sh --verify to find damaged files"
+}
+
 # Nothing in the app may reach for a model hub or phone home.
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
 
-if [ "$want_help" = 1 ] && [ ! -x "$PY" ]; then
-  # --help needs only the standard library: answer it before any install.
-  exec "$BASE_PY" "$ROOT/webui.py" "${args[@]}"
+if [ -f "$ROOT/VERSION" ] && [ -d "$ROOT/python" ]; then
+  [ "$dev" = 0 ] || refuse "--dev is for a checkout; a bundle carries only the runtime packages"
+  check_platform
+  [ "$verify" = 0 ] || verify_manifest
+  use_bundled_python
+  if [ "$setup_only" = 1 ]; then
+    echo "Bundle ready: $(version_field app_version), Python $(version_field python), torch $(version_field torch) ($(version_field torch_build))"
+    exit 0
+  fi
+else
+  [ "$verify" = 0 ] || refuse "--verify checks an unpacked bundle; this is a checkout (no VERSION file)"
+  if [ "$want_help" = 1 ] && [ ! -x "$PY" ]; then
+    # --help needs only the standard library: answer it before any install.
+    exec "$BASE_PY" "$ROOT/webui.py" "${args[@]}"
+  fi
+  setup_venv
+  [ "$setup_only" = 1 ] && exit 0
 fi
-
-setup_venv
-[ "$setup_only" = 1 ] && exit 0
 
 if [ "$want_help" = 0 ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && gpus="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null)" && [ -n "$gpus" ]; then

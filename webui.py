@@ -55,10 +55,10 @@ def main(argv: list[str]) -> int:
         print(f"error: port {settings.port} on {settings.host} is already in use; "
               f"stop the other process or pass --port", file=sys.stderr)
         return 1
-    # Nothing may reach for a model hub or phone home, also when started without the launcher.
-    for name, value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"),
-                        ("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_DISABLE_TELEMETRY", "1")):
-        os.environ.setdefault(name, value)
+    # Nothing may reach for a model hub or phone home, also when started without the launcher, and
+    # whatever the environment says: the app only ever reads local files.
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+                      GRADIO_ANALYTICS_ENABLED="False", DO_NOT_TRACK="1")
 
     import uvicorn
 

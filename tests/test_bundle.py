@@ -1,0 +1,292 @@
+"""The offline bundle end to end: build it from the tiny model, unpack it elsewhere, run it air-gapped.
+
+The run happens as on a server with nothing installed: an empty environment whose PATH holds no
+Python, no network (a fresh network namespace with only loopback), and the build machine's Python
+and the checkout's .venv hidden under empty mounts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from bundle.build import SYSTEM_LIBS
+from bundle.progress import human_size
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.bundle
+
+# The only programs the launcher may need on the target, besides what the bundle carries.
+TARGET_TOOLS = ("bash", "sh", "env", "uname", "getconf", "sha256sum", "sed", "head", "cat", "mkdir", "sort",
+                "dirname", "wc")
+LO_UP = """
+import fcntl, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0))[:18])[1]
+fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
+"""
+
+
+def _namespaces_refused() -> str | None:
+    try:
+        result = subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        return "unshare (util-linux) is not installed"
+    return None if result.returncode == 0 else f"unshare -m -n is not permitted here: {result.stderr.strip()}"
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@pytest.fixture(scope="module")
+def built(tiny_models, tmp_path_factory):
+    """The tiny ModelScope checkpoint (pytorch_model.bin) packed as users pack the real one."""
+    out = tmp_path_factory.mktemp("dist")
+    result = subprocess.run(
+        [sys.executable, "-m", "bundle.build", "--model-dir", str(tiny_models["modelscope"]), "--profile", "cpu",
+         "--out", str(out), "--compress-level", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-5000:]
+    tarballs = list(out.glob("*.tar.gz"))
+    assert len(tarballs) == 1 and not list(out.glob(".*")), list(out.iterdir())
+    return tarballs[0], result
+
+
+@pytest.fixture(scope="module")
+def bundle(built, tmp_path_factory) -> Path:
+    """The tarball unpacked into a new directory, as on the target: `tar -xzf NAME.tar.gz`."""
+    target = tmp_path_factory.mktemp("target")
+    subprocess.run(["tar", "-xzf", str(built[0])], cwd=target, check=True)
+    (top,) = target.iterdir()
+    return top
+
+
+def version_fields(top: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in (top / "VERSION").read_text().splitlines())
+
+
+def launcher(top: Path, *flags: str, tools: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["/usr/bin/env", "-i", f"PATH={tools}", "./start_dpp.sh", *flags], cwd=top,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory) -> Path:
+    """A PATH with the few system programs the launcher uses, and no Python."""
+    directory = tmp_path_factory.mktemp("tools")
+    for name in TARGET_TOOLS:
+        source = next(Path(d) / name for d in ("/usr/bin", "/bin") if (Path(d) / name).exists())
+        (directory / name).symlink_to(source)
+    return directory
+
+
+def test_the_build_shows_progress_and_ends_with_path_and_size(built):
+    tarball, result = built
+    for step in ("[install torch]", "[install packages]", "[convert]", "[manifest]", "[compress]"):
+        assert step in result.stderr
+    assert result.stdout.strip().splitlines()[-1] == f"Bundle ready: {tarball} ({human_size(tarball.stat().st_size)})"
+
+
+def test_everything_is_under_one_top_folder(built, bundle):
+    names = subprocess.run(["tar", "-tzf", str(built[0])], capture_output=True, text=True, check=True).stdout.split()
+    assert {name.split("/")[0] for name in names} == {bundle.name}
+    assert bundle.name == built[0].name.removesuffix(".tar.gz")
+
+
+def test_version_records_the_build(bundle):
+    fields = version_fields(bundle)
+    import platform
+
+    assert fields["python"] == platform.python_version()
+    assert fields["glibc"] == platform.libc_ver()[1]
+    assert fields["arch"] == platform.machine()
+    assert fields["torch"] == "2.13.0+cpu" and fields["torch_build"] == "cpu" and fields["profile"] == "cpu"
+    assert fields["model_id"] == "damo/nlp_mt5_zero-shot-augment_chinese-base"
+    assert fields["model_dtype"] == "float16"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["build_date"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", fields["app_version"])
+
+
+def test_the_manifest_lists_every_file_with_its_sha256(bundle):
+    import hashlib
+
+    entries = dict(reversed(line.split("  ", 1)) for line in (bundle / "MANIFEST").read_text().splitlines())
+    files = {p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()} - {"MANIFEST"}
+    assert set(entries) == files
+    for name in ("VERSION", "start_dpp.sh", "app/server.py", "python/bin/python3"):
+        assert entries[name] == hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+
+
+def test_site_packages_are_exactly_the_lock(bundle):
+    site = next((bundle / "python" / "lib").glob("python3.*")) / "site-packages"
+    installed = {}
+    for meta in site.glob("*.dist-info/METADATA"):
+        text = meta.read_text("utf-8", errors="replace")
+        name = re.search(r"^Name: (.+)$", text, re.M).group(1).strip()
+        installed[_normal(name)] = re.search(r"^Version: (.+)$", text, re.M).group(1).strip()
+    locked = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            locked[_normal(name)] = version.strip()
+    locked["torch"] += "+cpu"
+    assert installed == locked
+    for dropped in ("bin", "torch/test", "torch/include", "pandas/tests", "numpy/_core/tests"):
+        assert not (site / dropped).exists(), dropped
+    assert not list(site.glob("pip*")) and not (bundle / "python" / "lib" / "python3.11" / "test").exists()
+
+
+def test_the_weights_are_fp16_safetensors_with_tokenizer_and_config(bundle):
+    model = bundle / "models" / "nlp_mt5_zero-shot-augment_chinese-base"
+    assert {"config.json", "spiece.model", "model.safetensors"} <= {p.name for p in model.iterdir()}
+    assert not list(model.glob("*.bin"))
+    with safe_open(model / "model.safetensors", "pt") as weights:
+        assert {str(weights.get_slice(n).get_dtype()) for n in weights.keys()} == {"F16"}
+
+
+def test_bundled_binaries_need_nothing_but_glibc_and_the_bundle(bundle):
+    python = bundle / "python"
+    env = {"LD_LIBRARY_PATH": str(python / "lib"), "PATH": "/usr/bin:/bin"}
+    elves = [python / "bin" / "python3"] + [p for p in python.rglob("*.so*") if p.is_file()]
+    outside = set()
+    for elf in elves:
+        out = subprocess.run(["ldd", str(elf)], capture_output=True, text=True, env=env).stdout
+        assert "not found" not in out, (elf, out)
+        for name, _, path in (line.strip().partition(" => ") for line in out.splitlines()):
+            path = path.split(" (")[0]
+            if path.startswith("/") and not SYSTEM_LIBS.match(name) and not path.startswith(str(bundle)):
+                outside.add(f"{name} => {path} (for {elf.name})")
+    assert not outside
+    assert (python / "lib" / "libssl.so.3").is_file() and (python / "lib" / "libffi.so.8").is_file()
+
+
+def test_a_tampered_or_missing_file_is_named_by_verify(bundle, tools):
+    clean = launcher(bundle, "--verify", "--setup-only", tools=tools)
+    assert clean.returncode == 0, clean.stderr
+    assert "All files match MANIFEST" in clean.stdout
+    victim, gone = bundle / "app" / "tasks.py", bundle / "app" / "templates.json"
+    original, kept = victim.read_bytes(), gone.read_bytes()
+    try:
+        victim.write_bytes(original + b"\n# changed\n")
+        gone.unlink()
+        result = launcher(bundle, "--verify", tools=tools)
+        assert result.returncode == 4
+        assert "app/tasks.py" in result.stderr and "app/templates.json" in result.stderr
+        assert "app/server.py" not in result.stderr
+        assert "dpp serving" not in result.stdout  # refused before starting
+    finally:
+        victim.write_bytes(original)
+        gone.write_bytes(kept)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("glibc", "9.99", ["glibc", "9.99", "older"]),
+    ("arch", "riscv64", ["riscv64", os.uname().machine]),
+])
+def test_a_machine_the_bundle_was_not_built_for_is_refused(bundle, tools, field, value, words):
+    path = bundle / "VERSION"
+    original = path.read_text()
+    try:
+        path.write_text(re.sub(rf"^{field}=.*$", f"{field}={value}", original, flags=re.M))
+        result = launcher(bundle, tools=tools)
+    finally:
+        path.write_text(original)
+    assert result.returncode == 3
+    assert all(word in result.stderr for word in words), result.stderr
+    assert "dpp serving" not in result.stdout
+
+
+def test_the_checkout_only_flags_are_refused_in_a_bundle(bundle, tools):
+    result = launcher(bundle, "--dev", tools=tools)
+    assert result.returncode == 3 and "--dev" in result.stderr
+
+
+def test_help_works_from_the_bundle(bundle, tools):
+    result = launcher(bundle, "--help", tools=tools)
+    assert result.returncode == 0 and "--model-dir" in result.stdout
+
+
+class NetworkNamespace:
+    """A namespace with only loopback, kept alive by a sleeping process that others enter."""
+
+    def __init__(self) -> None:
+        self.holder = subprocess.Popen(["unshare", "-n", "sleep", "900"])
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{self.holder.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+            assert time.monotonic() < deadline, "unshare never entered a new network namespace"
+            time.sleep(0.02)
+        self.run(sys.executable, "-c", LO_UP, check=True)
+
+    def enter(self, *command: str) -> list[str]:
+        return ["nsenter", "-t", str(self.holder.pid), "-n", *command]
+
+    def run(self, *command: str, **options) -> subprocess.CompletedProcess:
+        return subprocess.run(self.enter(*command), capture_output=True, text=True, **options)
+
+    def close(self) -> None:
+        self.holder.kill()
+        self.holder.wait()
+
+
+def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tmp_path):
+    refused = _namespaces_refused()
+    if refused:
+        pytest.skip(refused)
+    netns = NetworkNamespace()
+    hidden = [sys.base_prefix, str(ROOT / ".venv")]
+    outside = netns.run(sys.executable, "-c", "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)")
+    assert outside.returncode != 0 and "unreachable" in outside.stderr  # truly no network in there
+    # Hide the build machine's Python, then start the bundle as its README says, with nothing set.
+    script = ('bundle=$1; tools=$2; shift 2; for d in "$@"; do mount -t tmpfs tmpfs "$d" || exit 97; done; '
+              'cd "$bundle" && exec /usr/bin/env -i PATH="$tools" ./start_dpp.sh')
+    output = tmp_path / "server.out"
+    with open(output, "wb") as sink:
+        server = subprocess.Popen(netns.enter("unshare", "-m", "--", "sh", "-c", script, "sh", str(bundle),
+                                              str(tools), *hidden), stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        report_path = tmp_path / "report.json"
+        probe = netns.run(sys.executable, str(ROOT / "tests" / "bundle_probe.py"), "http://127.0.0.1:7860",
+                          str(report_path), timeout=400)
+        assert probe.returncode == 0, probe.stderr[-3000:] + output.read_text(errors="replace")[-3000:]
+        maps = Path(f"/proc/{server.pid}/maps").read_text()
+        report = json.loads(report_path.read_text("utf-8"))
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        netns.close()
+    log = output.read_text(errors="replace")
+    assert code == 0, log[-3000:]
+    # The process ran the bundle's own interpreter and libraries, nothing of the build machine's.
+    assert str(bundle / "python" / "lib" / "libpython3.11.so.1.0") in maps
+    assert not any(h in maps for h in hidden)
+    assert "No CUDA device found: running on CPU" in log and "dpp serving on http://0.0.0.0:7860" in log
+    assert (bundle / "logs" / "webui.log").is_file()
+
+    ready = report["readyz"]
+    assert ready["status"] == "ready" and ready["engine"] == "mt5"
+    assert ready["model"] == str(bundle / "models" / "nlp_mt5_zero-shot-augment_chinese-base")
+    augment = report["augment"]
+    assert augment["status"] == 200, augment
+    variants = augment["body"]["augmented_texts"]
+    assert 1 <= len(variants) <= 2 and all(isinstance(v, str) and v.strip() for v in variants)
+
+    page = report["page"]
+    assert page["html_loads"] and page["css_refs"]  # the page does load scripts, styles and fonts
+    assert page["external"] == []
+    browser = report["browser"]
+    assert browser["tabs_visible"] == {"单条增强": True, "批量增强": True}
+    assert browser["requests"] > 10 and browser["external_requests"] == []
