@@ -137,7 +137,7 @@ if [ "$want_help" = 0 ]; then
   else
     echo "No CUDA device found: running on CPU"
   fi
-  mkdir -p "$ROOT/logs"
+  mkdir -p "$ROOT/logs" 2>/dev/null || true  # webui.py makes --log-dir itself; the folder may be read-only
 fi
 
 exec "$PY" "$ROOT/webui.py" "${args[@]}"

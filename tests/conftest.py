@@ -25,6 +25,20 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return build_tiny_models(tmp_path_factory.mktemp("tiny-mt5"))
 
 
+# The only programs the bundle's launcher may need on a target, besides what the bundle carries.
+LAUNCHER_TOOLS = ("bash", "sh", "env", "uname", "getconf", "sha256sum", "sed", "head", "cat", "mkdir", "sort",
+                  "dirname", "wc")
+
+
+def launcher_tools(directory: Path) -> Path:
+    """Fill `directory` with links to LAUNCHER_TOOLS: a PATH for an empty environment with no Python on it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in LAUNCHER_TOOLS:
+        source = next(Path(d) / name for d in ("/usr/bin", "/bin") if (Path(d) / name).exists())
+        (directory / name).symlink_to(source)
+    return directory
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -64,7 +78,8 @@ class LiveServer:
 def server_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DPP_")}
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1", **extra)
+               PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env
 
 

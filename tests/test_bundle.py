@@ -21,13 +21,10 @@ from safetensors import safe_open
 
 from bundle.build import SYSTEM_LIBS
 from bundle.progress import human_size
-from tests.conftest import ROOT
+from tests.conftest import ROOT, launcher_tools
 
 pytestmark = pytest.mark.bundle
 
-# The only programs the launcher may need on the target, besides what the bundle carries.
-TARGET_TOOLS = ("bash", "sh", "env", "uname", "getconf", "sha256sum", "sed", "head", "cat", "mkdir", "sort",
-                "dirname", "wc")
 LO_UP = """
 import fcntl, socket, struct
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -84,11 +81,7 @@ def launcher(top: Path, *flags: str, tools: Path) -> subprocess.CompletedProcess
 @pytest.fixture(scope="module")
 def tools(tmp_path_factory) -> Path:
     """A PATH with the few system programs the launcher uses, and no Python."""
-    directory = tmp_path_factory.mktemp("tools")
-    for name in TARGET_TOOLS:
-        source = next(Path(d) / name for d in ("/usr/bin", "/bin") if (Path(d) / name).exists())
-        (directory / name).symlink_to(source)
-    return directory
+    return launcher_tools(tmp_path_factory.mktemp("tools"))
 
 
 def test_the_build_shows_progress_and_ends_with_path_and_size(built):
@@ -290,3 +283,63 @@ def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tm
     browser = report["browser"]
     assert browser["tabs_visible"] == {"单条增强": True, "批量增强": True}
     assert browser["requests"] > 10 and browser["external_requests"] == []
+
+
+def test_the_port_check_works_from_the_bundle(bundle, tools):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        result = launcher(bundle, "--port", str(taken.getsockname()[1]), tools=tools)
+    assert result.returncode == 1 and "already in use" in result.stderr
+
+
+def test_build_help_documents_every_option():
+    result = subprocess.run([sys.executable, "-m", "bundle.build", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0
+    for option in ("--model-dir", "--profile", "--out", "--name", "--model-id", "--torch-index", "--pip-arg",
+                   "--compress-level", "--work-dir", "--keep-stage", "--force"):
+        assert option in result.stdout
+
+
+class RecordedPip:
+    """Stands in for pip only: records what each install step would be asked for."""
+
+    def __init__(self, build: str) -> None:
+        self.calls: list[tuple[list[str], list[str]]] = []
+        self.build = build
+
+    def install(self, requirements, site, step, extra):
+        self.calls.append((list(requirements), list(extra)))
+
+
+@pytest.mark.parametrize("profile, build, torch_pin", [("cpu", "cpu", "torch===2.13.0+cpu"),
+                                                       ("gpu", "cuda13.0", "torch===2.13.0")])
+def test_each_profile_installs_the_lock_with_its_own_torch(monkeypatch, tmp_path, profile, build, torch_pin):
+    import bundle.build as builder
+
+    pip = RecordedPip(build)
+    monkeypatch.setattr(builder, "_pip", pip.install)
+    monkeypatch.setattr(builder, "torch_build", lambda site: pip.build)
+    version, built = builder.install_packages(tmp_path, profile, "", ["--index-url=https://mirror.example/simple"])
+    (torch_step, torch_extra), (rest, rest_extra) = pip.calls
+    assert torch_step == [torch_pin] and built == build
+    assert "--index-url=https://mirror.example/simple" in torch_extra and rest_extra == torch_extra
+    locked = [line for line in (ROOT / "requirements.lock").read_text().splitlines()
+              if "==" in line and not line.startswith("#") and not line.startswith("torch==")]
+    gpu = [line for line in (ROOT / "bundle" / "gpu.lock").read_text().splitlines() if line and line[0] != "#"]
+    assert rest == locked + (gpu if profile == "gpu" else [])
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.+-]+", line) for line in gpu)
+
+
+def test_a_torch_of_the_wrong_build_stops_the_build(monkeypatch, tmp_path):
+    import bundle.build as builder
+
+    pip = RecordedPip("cuda13.0")
+    monkeypatch.setattr(builder, "_pip", pip.install)
+    monkeypatch.setattr(builder, "torch_build", lambda site: pip.build)
+    with pytest.raises(builder.BuildError, match="cpu profile needs a CPU torch, but pip installed a cuda13.0"):
+        builder.install_packages(tmp_path, "cpu", "", [])
+    assert len(pip.calls) == 1  # nothing else installed after the wrong torch

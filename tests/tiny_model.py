@@ -39,17 +39,25 @@ def _write_config(config, target: Path, model_type: str) -> None:
     (target / "config.json").write_text(json.dumps(values, indent=2), "utf-8")
 
 
-def _save_tokenizer(tokenizer, spiece: Path, target: Path) -> None:
+def save_tokenizer(tokenizer, spiece: Path, target: Path) -> None:
     tokenizer.save_pretrained(target)
     shutil.copy(spiece, target / "spiece.model")
 
 
-def build_tiny_models(root: Path) -> dict[str, Path]:
-    """Write one random tiny mT5 as ModelScope (pytorch_model.bin, model_type t5), Hugging Face
-    (model.safetensors, mt5) and Hugging Face FP16 directories under `root`; return them by name."""
+def write_modelscope(target: Path, config, state: dict) -> None:
+    """config.json (model_type t5, untied), configuration.json and a float32 pytorch_model.bin, as
+    ModelScope ships the real checkpoint; the tokenizer files are already in `target`."""
     import torch
-    from safetensors.torch import save_file
-    from transformers import MT5Config, MT5ForConditionalGeneration, T5Tokenizer
+
+    _write_config(config, target, "t5")
+    (target / "configuration.json").write_text(
+        json.dumps({"framework": "pytorch", "task": "text2text-generation"}), "utf-8")
+    torch.save(state, target / "pytorch_model.bin")
+
+
+def tokenizer_files(root: Path):
+    """Train the tiny SentencePiece model under `root`; return (tokenizer, spiece path)."""
+    from transformers import T5Tokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     spiece = root / "spiece.model"
@@ -57,7 +65,17 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
     tokenizer_dir = root / "tokenizer"
     tokenizer_dir.mkdir(exist_ok=True)
     shutil.copy(spiece, tokenizer_dir / "spiece.model")
-    tokenizer = T5Tokenizer.from_pretrained(tokenizer_dir)
+    return T5Tokenizer.from_pretrained(tokenizer_dir), spiece
+
+
+def build_tiny_models(root: Path) -> dict[str, Path]:
+    """Write one random tiny mT5 as ModelScope (pytorch_model.bin, model_type t5), Hugging Face
+    (model.safetensors, mt5) and Hugging Face FP16 directories under `root`; return them by name."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    tokenizer, spiece = tokenizer_files(root)
 
     torch.manual_seed(0)
     config = MT5Config(vocab_size=len(tokenizer), **TINY_SHAPE)
@@ -70,12 +88,8 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
                "fp16": root / "huggingface-fp16"}
     for target in layouts.values():
         target.mkdir(exist_ok=True)
-        _save_tokenizer(tokenizer, spiece, target)
-    modelscope = layouts["modelscope"]
-    _write_config(config, modelscope, "t5")
-    (modelscope / "configuration.json").write_text(
-        json.dumps({"framework": "pytorch", "task": "text2text-generation"}), "utf-8")
-    torch.save(state, modelscope / "pytorch_model.bin")
+        save_tokenizer(tokenizer, spiece, target)
+    write_modelscope(layouts["modelscope"], config, state)
     _write_config(config, layouts["huggingface"], "mt5")
     save_file(state, layouts["huggingface"] / "model.safetensors", metadata={"format": "pt"})
     _write_config(config, layouts["fp16"], "mt5")
