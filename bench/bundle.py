@@ -1,6 +1,6 @@
 """Size of a CPU bundle of the mT5-base-shaped model, and its time from ./start_dpp.sh to ready.
 
-    .venv/bin/python -m bench.bundle [--rounds 3] [--out bench/results/bundle_cpu.json]
+    .venv/bin/python -m bench.bundle [--rounds 3] [--profile cpu|gpu] [--out bench/results/bundle_cpu.json]
 
 Builds the bundle as users do (python -m bundle.build, default gzip level), unpacks it, verifies
 it, then starts it ROUNDS times with an empty environment and times ./start_dpp.sh until /readyz
@@ -86,6 +86,8 @@ def _ratios(medians: dict, ours: str, theirs: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu",
+                        help="which bundle to build (a gpu bundle runs on this machine's CPU here)")
     parser.add_argument("--model-dir", type=Path, help="checkpoint to bundle (default: bench.base_model's)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -96,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="dpp-bench-bundle-", dir=args.work))
     try:
         dist = work / "dist"
-        build_seconds = timed([sys.executable, "-m", "bundle.build", "--model-dir", str(model), "--profile", "cpu",
-                               "--out", str(dist)], cwd=ROOT)
+        build_seconds = timed([sys.executable, "-m", "bundle.build", "--model-dir", str(model),
+                               "--profile", args.profile, "--out", str(dist)], cwd=ROOT)
         (tarball,) = dist.glob("*.tar.gz")
         target = work / "target"
         target.mkdir()
@@ -127,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                 ready, answered = start_and_answer(command + ["--port", str(port)], cwd, port, work / f"{name}.log")
                 runs[name]["ready"].append(round(ready, 2))
                 runs[name]["first_answer"].append(round(answered, 2))
-        medians = {name: {k: round(statistics.median(v), 2) for k, v in phases.items()} for name, phases in runs.items()}
+        medians = {name: {phase: round(statistics.median(values), 2) for phase, values in phases.items()}
+                   for name, phases in runs.items()}
         report = {
-            "benchmark": "bundle_cpu",
+            "benchmark": f"bundle_{args.profile}",
+            "profile": args.profile,
             "machine": describe(),
             "model": "mT5-base-shaped, random weights (582M parameters, untied lm_head)",
             "source_checkpoint_bytes": sum(p.stat().st_size for p in Path(model).glob("*.bin")),

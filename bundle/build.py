@@ -78,7 +78,8 @@ def _stdlib_ignore(directory: str, names: list[str]) -> set[str]:
 
 
 def copy_interpreter(prefix: Path, target: Path) -> str:
-    """Copy the interpreter at `prefix` into `target`; return its version."""
+    """Copy the running interpreter's installation (`prefix`, its sys.base_prefix) into `target`;
+    return its version. What to copy is read from this interpreter's sysconfig."""
     if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
         raise BuildError(f"the Python at {prefix} is built without a shared libpython; use one built with "
                          "--enable-shared (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared)")
@@ -101,8 +102,12 @@ def copy_interpreter(prefix: Path, target: Path) -> str:
 
 
 def _elf_files(root: Path):
-    """Shared objects anywhere, and the interpreter itself (packages' own executables are not run)."""
+    """The interpreter, libpython and the standard library's extension modules. Wheels in site-packages
+    are left alone: manylinux wheels carry their own libraries and find them themselves (torch preloads
+    the CUDA wheels' libraries; libcuda comes from the server's driver), which ldd cannot follow."""
     for path in root.rglob("*"):
+        if "site-packages" in path.parts:
+            continue
         if path.is_file() and not path.is_symlink() and (".so" in path.name or path.parent == root / "bin"):
             with open(path, "rb") as handle:
                 if handle.read(4) == b"\x7fELF":
@@ -110,7 +115,7 @@ def _elf_files(root: Path):
 
 
 def carry_shared_libraries(python_dir: Path) -> list[str]:
-    """Copy into python/lib every shared library the bundle's binaries need that glibc does not give."""
+    """Copy into python/lib every shared library the interpreter needs that glibc does not give."""
     env = dict(os.environ, LD_LIBRARY_PATH=str(python_dir / "lib"))
     carried: list[str] = []
     missing: set[str] = set()

@@ -54,8 +54,8 @@ def test_the_server_never_phones_home_even_when_the_environment_asks_it_to(tiny_
     try:
         assert requests.get(server.url + "/", timeout=30).status_code == 200
         assert requests.get(server.url + "/config", timeout=30).status_code == 200
-        response = requests.post(server.url + "/augment", json={"text": "今天天气很好。", "num_return_sequences": 1},
-                                 timeout=60)
+        response = requests.post(server.url + "/augment", timeout=60,
+                                 json={"text": "今天天气很好。", "num_return_sequences": 1})
         assert response.status_code == 200
         from gradio_client import Client
 
