@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -99,8 +100,6 @@ def test_everything_is_under_one_top_folder(built, bundle):
 
 def test_version_records_the_build(bundle):
     fields = version_fields(bundle)
-    import platform
-
     assert fields["python"] == platform.python_version()
     assert fields["glibc"] == platform.libc_ver()[1]
     assert fields["arch"] == platform.machine()
