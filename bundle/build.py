@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
+from app.engines.model_files import inspect_model_dir
+from app.errors import ModelUnavailable
 from app.settings import MODEL_ID, ROOT, Settings
 from bundle.convert import ConvertError, convert
 from bundle.progress import Progress, human_size
@@ -329,6 +331,10 @@ def build(args: argparse.Namespace) -> Path:
         raise BuildError(f"{tarball} already exists; pass --force to replace it")
     tarball.parent.mkdir(parents=True, exist_ok=True)
     glibc = glibc_version()
+    try:
+        inspect_model_dir(args.model_dir)  # refuse a wrong directory now, not after minutes of installing
+    except ModelUnavailable as exc:
+        raise BuildError(exc.message) from exc
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.work_dir or tarball.parent))
     top = work / name
     try:

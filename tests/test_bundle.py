@@ -342,3 +342,25 @@ def test_a_torch_of_the_wrong_build_stops_the_build(monkeypatch, tmp_path):
     with pytest.raises(builder.BuildError, match="cpu profile needs a CPU torch, but pip installed a cuda13.0"):
         builder.install_packages(tmp_path, "cpu", "", [])
     assert len(pip.calls) == 1  # nothing else installed after the wrong torch
+
+
+def test_an_existing_tarball_is_refused_without_force(tiny_models, tmp_path):
+    existing = tmp_path / "mine.tar.gz"
+    existing.write_bytes(b"an earlier bundle")
+    result = subprocess.run([sys.executable, "-m", "bundle.build", "--model-dir", str(tiny_models["huggingface"]),
+                             "--profile", "cpu", "--out", str(existing)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr and "--force" in result.stderr
+    assert existing.read_bytes() == b"an earlier bundle" and list(tmp_path.iterdir()) == [existing]
+
+
+def test_a_directory_without_a_model_is_refused_before_anything_is_installed(tmp_path):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "bundle.build", "--model-dir", str(tmp_path / "nothing"),
+                             "--profile", "cpu", "--out", str(tmp_path / "dist")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert str(tmp_path / "nothing") in result.stderr and "[install" not in result.stderr
+    assert time.monotonic() - started < 30
+    assert not list((tmp_path / "dist").iterdir())
