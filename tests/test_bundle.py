@@ -237,16 +237,18 @@ def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tm
         pytest.skip(refused)
     netns = NetworkNamespace()
     hidden = [sys.base_prefix, str(ROOT / ".venv")]
-    outside = netns.run(sys.executable, "-c", "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)")
-    assert outside.returncode != 0 and "unreachable" in outside.stderr  # truly no network in there
-    # Hide the build machine's Python, then start the bundle as its README says, with nothing set.
-    script = ('bundle=$1; tools=$2; shift 2; for d in "$@"; do mount -t tmpfs tmpfs "$d" || exit 97; done; '
-              'cd "$bundle" && exec /usr/bin/env -i PATH="$tools" ./start_dpp.sh')
     output = tmp_path / "server.out"
-    with open(output, "wb") as sink:
-        server = subprocess.Popen(netns.enter("unshare", "-m", "--", "sh", "-c", script, "sh", str(bundle),
-                                              str(tools), *hidden), stdout=sink, stderr=subprocess.STDOUT)
+    server = None
     try:
+        dial_out = "import socket; socket.create_connection(('1.1.1.1', 53), timeout=3)"
+        outside = netns.run(sys.executable, "-c", dial_out)
+        assert outside.returncode != 0 and "unreachable" in outside.stderr  # truly no network in there
+        # Hide the build machine's Python, then start the bundle as its README says, with nothing set.
+        script = ('bundle=$1; tools=$2; shift 2; for d in "$@"; do mount -t tmpfs tmpfs "$d" || exit 97; done; '
+                  'cd "$bundle" && exec /usr/bin/env -i PATH="$tools" ./start_dpp.sh')
+        with open(output, "wb") as sink:
+            server = subprocess.Popen(netns.enter("unshare", "-m", "--", "sh", "-c", script, "sh", str(bundle),
+                                                  str(tools), *hidden), stdout=sink, stderr=subprocess.STDOUT)
         report_path = tmp_path / "report.json"
         probe = netns.run(sys.executable, str(ROOT / "tests" / "bundle_probe.py"), "http://127.0.0.1:7860",
                           str(report_path), timeout=400)
@@ -256,7 +258,7 @@ def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tm
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=30)
     finally:
-        if server.poll() is None:
+        if server is not None and server.poll() is None:
             server.kill()
             server.wait()
         netns.close()
