@@ -15,7 +15,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -24,12 +23,12 @@ import tempfile
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import urlparse
 
 from app.engines.model_files import inspect_model_dir
 from app.errors import ModelUnavailable
 from app.settings import MODEL_ID, ROOT, Settings
 from bundle.convert import ConvertError, convert
+from bundle.fetch import connect_failure
 from bundle.progress import Progress, human_size
 
 PROFILES = ("cpu", "gpu")
@@ -150,15 +149,6 @@ def _lock_lines(path: Path) -> list[str]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    host = urlparse(url).hostname
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _pip(requirements: list[str], site: Path, step: str, extra: list[str]) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
         handle.write("\n".join(requirements) + "\n")
@@ -198,7 +188,7 @@ def install_packages(site: Path, profile: str, torch_index: str | None, pip_args
     wanted = f"torch==={version}+cpu" if profile == "cpu" else f"torch==={version}"
     extra = list(pip_args)
     if torch_index:
-        if _reachable(torch_index):
+        if connect_failure(torch_index, timeout=3.0) is None:
             extra += ["--extra-index-url", torch_index]
         else:
             say(f"{torch_index} is not reachable; torch comes from pip's configured sources")

@@ -40,21 +40,31 @@ def endpoint_of(source: str, endpoint: str | None) -> str:
     return ENDPOINTS[source]
 
 
-def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
-    """Resolve the host and open a TCP connection, so that a machine with no network fails fast."""
+def _address(url: str) -> tuple[str, int]:
     parsed = urlparse(url)
-    host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    started = time.monotonic()
+    return parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def connect_failure(url: str, timeout: float) -> str | None:
+    """Resolve the host of `url` and open a TCP connection to it: None when that works, else why not."""
     try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return
+        with socket.create_connection(_address(url), timeout=timeout):
+            return None
     except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
+        return exc.strerror or type(exc).__name__
+
+
+def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail fast, and say what to do instead, on a machine with no network."""
+    started = time.monotonic()
+    reason = connect_failure(url, timeout)
+    if reason is not None:
+        host, port = _address(url)
         raise FetchError(
             f"cannot reach {host}:{port} ({reason}, after {time.monotonic() - started:.1f} s). bundle.fetch needs a "
             "machine with internet access. On an air-gapped server, unpack a bundle built elsewhere "
             "(python -m bundle.build), or copy a model directory there and pass --model-dir."
-        ) from exc
+        )
 
 
 def _downloader(source: str):

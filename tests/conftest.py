@@ -39,6 +39,16 @@ def launcher_tools(directory: Path) -> Path:
     return directory
 
 
+def require_unshare(*flags: str) -> None:
+    """Skip the calling test, saying why, where `unshare FLAGS` is missing or not permitted."""
+    try:
+        result = subprocess.run(["unshare", *flags, "true"], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        pytest.skip("unshare (util-linux) is not installed")
+    if result.returncode != 0:
+        pytest.skip(f"unshare {' '.join(flags)} is not permitted here: {result.stderr.strip()}")
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from bundle.build import SYSTEM_LIBS
 from bundle.progress import human_size
-from tests.conftest import ROOT, launcher_tools
+from tests.conftest import ROOT, launcher_tools, require_unshare
 
 pytestmark = pytest.mark.bundle
 
@@ -32,14 +32,6 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH22x", b"lo", 0))[:18])[1]
 fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"lo", flags | 1))
 """
-
-
-def _namespaces_refused() -> str | None:
-    try:
-        result = subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True, text=True, timeout=30)
-    except FileNotFoundError:
-        return "unshare (util-linux) is not installed"
-    return None if result.returncode == 0 else f"unshare -m -n is not permitted here: {result.stderr.strip()}"
 
 
 def _normal(name: str) -> str:
@@ -232,9 +224,7 @@ class NetworkNamespace:
 
 
 def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tmp_path):
-    refused = _namespaces_refused()
-    if refused:
-        pytest.skip(refused)
+    require_unshare("-m", "-n")
     netns = NetworkNamespace()
     hidden = [sys.base_prefix, str(ROOT / ".venv")]
     output = tmp_path / "server.out"

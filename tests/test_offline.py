@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ROOT, start_server
+from tests.conftest import ROOT, require_unshare, start_server
 
 
 class ConnectionRecorder:
@@ -67,11 +67,6 @@ def test_the_server_never_phones_home_even_when_the_environment_asks_it_to(tiny_
     assert recorder.seen == []
 
 
-def _refused_network() -> str | None:
-    result = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
-    return None if result.returncode == 0 else f"unshare -n is not permitted here: {result.stderr.strip()}"
-
-
 @pytest.mark.parametrize("flags, host", [
     ([], "www.modelscope.cn"),
     (["--source", "huggingface", "--model-id", "someone/mt5-copy"], "huggingface.co"),
@@ -79,9 +74,7 @@ def _refused_network() -> str | None:
      "hf-mirror.com"),
 ])
 def test_fetch_without_network_fails_within_seconds_and_says_what_to_do(tmp_path, flags, host):
-    refused = _refused_network()
-    if refused:
-        pytest.skip(refused)
+    require_unshare("-n")
     started = time.monotonic()
     result = subprocess.run(["unshare", "-n", sys.executable, "-m", "bundle.fetch", "--out", str(tmp_path / "m"),
                              *flags], cwd=ROOT, capture_output=True, text=True, timeout=60)
