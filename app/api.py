@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
@@ -23,7 +23,7 @@ from app.errors import (
     NotFound,
 )
 from app.logs import request_id
-from app.params import GenerationParams, params_from
+from app.params import GenerationParams, params_from, task_params
 from app.service import Service
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,36 @@ class AugmentBatchRequest(_GenerationFields):
     texts: list[StrictStr]
 
 
+class _ClassifyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # Checked by the service, which names the offending label (a list, or one separated string).
+    labels: Any
+    mode: StrictStr = "constrained"
+    multi_label: StrictBool = False
+    threshold: Any = None
+    engine: StrictStr | None = None
+
+    def options(self) -> dict:
+        return {"mode": self.mode, "multi_label": self.multi_label, "threshold": self.threshold,
+                "engine": self.engine}
+
+
+class ClassifyRequest(_ClassifyOptions):
+    text: StrictStr
+
+
+class ClassifyBatchRequest(_ClassifyOptions):
+    texts: list[StrictStr]
+
+
+class GenerateRequest(_GenerationFields):
+    # The task's own fields (text, passage, answer, ...) come as extra keys; the service checks them.
+    model_config = ConfigDict(extra="allow")
+
+    task: StrictStr
+
+
 # A body sent with no Content-Type at all is read as JSON too.
 router = APIRouter(strict_content_type=False)
 
@@ -103,6 +133,45 @@ def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
         "request_id": request_id.get(),
         "elapsed_ms": round(result.elapsed_ms, 1),
     }
+
+
+@router.post("/classify")
+def classify(body: ClassifyRequest, request: Request) -> dict:
+    result = _service(request).classify([body.text], body.labels, field_name="text", **body.options())
+    return {**result.items[0].as_dict(), "engine": result.engine, "request_id": request_id.get(),
+            "elapsed_ms": round(result.elapsed_ms, 1)}
+
+
+@router.post("/classify_batch")
+def classify_batch(body: ClassifyBatchRequest, request: Request) -> dict:
+    result = _service(request).classify(body.texts, body.labels, field_name="texts", **body.options())
+    return {
+        "results": [{"text": text, **item.as_dict()} for text, item in zip(result.texts, result.items)],
+        "labels": result.labels,
+        "engine": result.engine,
+        "request_id": request_id.get(),
+        "elapsed_ms": round(result.elapsed_ms, 1),
+    }
+
+
+@router.post("/generate")
+def generate(body: GenerateRequest, request: Request) -> dict:
+    params = task_params(body.model_dump())
+    result = _service(request).run_task(body.task, body.model_extra or {}, params, engine=body.engine)
+    return {
+        "task": result.task,
+        "prompt": result.prompt,
+        "outputs": result.outputs,
+        "scores": result.scores,
+        "engine": result.engine,
+        "request_id": request_id.get(),
+        "elapsed_ms": round(result.elapsed_ms, 1),
+    }
+
+
+@router.get("/tasks")
+def tasks(request: Request) -> dict:
+    return {"tasks": [task.describe() for task in _service(request).tasks()]}
 
 
 @router.get("/healthz")

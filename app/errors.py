@@ -34,6 +34,10 @@ class BatchTooLarge(DppError):
     status, code = 422, "batch_too_large"
 
 
+class LabelsInvalid(DppError):
+    status, code = 422, "labels_invalid"
+
+
 class EngineUnavailable(DppError):
     status, code = 422, "engine_unavailable"
 
@@ -58,8 +62,8 @@ class NotReady(DppError):
     status, code = 503, "not_ready"
 
 
-class ScoringUnsupported(DppError):
-    """The serving engine cannot score candidates (classification needs the mT5 weights)."""
+class NeedsMT5(DppError):
+    """The serving engine cannot score or follow prompts: classification and the card's tasks need mT5."""
 
     status, code = 503, "needs_mt5"
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app.engines import Engine
@@ -14,7 +17,9 @@ from app.errors import (
     EngineContractError,
     EngineUnavailable,
     InvalidParameter,
+    LabelsInvalid,
     ModelUnavailable,
+    NeedsMT5,
     NotReady,
     RequestTimeout,
     TextEmpty,
@@ -22,9 +27,16 @@ from app.errors import (
 )
 from app.params import SEED_RANGE, GenerationParams
 from app.settings import ENGINES, Settings
-from app.tasks import Templates
+from app.tasks import Task, Templates
 
 log = logging.getLogger(__name__)
+
+MODES = ("constrained", "generate")
+LABEL_SEPARATORS = re.compile(r"[,，、]")
+# multi_label asks about each label on its own, against a catch-all partner label.
+PARTNER_LABELS = ("其他", "无关")
+# Generate mode: room for a label (or several, with multi_label) and its end token.
+CLASSIFY_GENERATE_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,62 @@ class AugmentResult:
     variants: list[list[str]]
     engine: str
     elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str | None  # constrained: always one of the labels; generate: the matched label or None
+    scores: dict[str, float] | None  # constrained only, in the order the labels were given
+    raw_output: str | None  # generate only
+    in_labels: bool
+    labels: list[str] | None = None  # multi_label only: every label that passed, most probable first
+
+    def as_dict(self) -> dict:
+        shown = {"label": self.label, "scores": self.scores, "raw_output": self.raw_output,
+                 "in_labels": self.in_labels}
+        if self.labels is not None:
+            shown["labels"] = self.labels
+        return shown
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    texts: list[str]
+    labels: list[str]
+    items: list[Classification]
+    engine: str
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: str
+    prompt: str
+    outputs: list[str]
+    scores: dict[str, float] | None  # scored tasks only
+    engine: str
+    elapsed_ms: float
+
+
+def softmax(values: list[float]) -> list[float]:
+    """Probabilities from log-probabilities, computed in float64 so they sum to 1."""
+    top = max(values)
+    weights = [math.exp(value - top) for value in values]
+    total = math.fsum(weights)
+    return [weight / total for weight in weights]
+
+
+def _label_key(text: str) -> str:
+    return "".join(text.split()).strip("。.！!；;").casefold()
+
+
+def match_labels(raw: str, labels: list[str], multi_label: bool) -> tuple[list[str], bool]:
+    """The labels a free-generated answer names, and whether it names nothing else."""
+    keys = {_label_key(label): label for label in labels}
+    parts = LABEL_SEPARATORS.split(raw) if multi_label else [raw]
+    found = [keys.get(_label_key(part)) for part in parts]
+    hits = list(dict.fromkeys(label for label in found if label is not None))
+    return hits, all(label is not None for label in found)
 
 
 def _clean(text: str) -> str:
@@ -106,18 +174,43 @@ class Service:
             raise InvalidParameter(f"{field_name} 至少需要一条文本", field=field_name)
         if len(texts) > limit:
             raise BatchTooLarge(f"一次最多 {limit} 条文本（收到 {len(texts)} 条）", field=field_name)
-        stripped = []
-        for index, text in enumerate(texts):
-            name = field_name if field_name == "text" else f"{field_name}[{index}]"
-            clean = text.strip()
-            if not clean:
-                raise TextEmpty(f"{name} 为空或只有空白", field=name)
-            if len(clean) > self.settings.max_text_chars:
-                raise TextTooLong(
-                    f"{name} 共 {len(clean)} 字，超过上限 {self.settings.max_text_chars} 字", field=name
-                )
-            stripped.append(clean)
-        return stripped
+        return [self.check_text(text, field_name if field_name == "text" else f"{field_name}[{index}]")
+                for index, text in enumerate(texts)]
+
+    def check_text(self, text: str, name: str) -> str:
+        clean = text.strip()
+        if not clean:
+            raise TextEmpty(f"{name} 为空或只有空白", field=name)
+        if len(clean) > self.settings.max_text_chars:
+            raise TextTooLong(f"{name} 共 {len(clean)} 字，超过上限 {self.settings.max_text_chars} 字", field=name)
+        return clean
+
+    def check_labels(self, raw: str | list[str]) -> list[str]:
+        """Labels from a list, or from one string split on , ， 、: trimmed, deduplicated, checked."""
+        from_string = isinstance(raw, str)
+        if not from_string and not (isinstance(raw, list) and all(isinstance(label, str) for label in raw)):
+            raise LabelsInvalid("labels 应为标签列表，或用逗号、顿号分隔的一个字符串", field="labels")
+        if from_string and not raw.strip():
+            raise LabelsInvalid("labels 为空：至少需要 2 个标签", field="labels")
+        labels: list[str] = []
+        for index, piece in enumerate(LABEL_SEPARATORS.split(raw) if from_string else raw):
+            name, label = ("labels" if from_string else f"labels[{index}]"), piece.strip()
+            where = f"第 {index + 1} 个标签"
+            if not label:
+                raise LabelsInvalid(f"{where}为空", field=name)
+            if not from_string and LABEL_SEPARATORS.search(label):
+                raise LabelsInvalid(f"{where}“{label[:30]}”含有逗号或顿号：每个标签请单独作为一项", field=name)
+            if "\n" in label or "\r" in label:
+                raise LabelsInvalid(f"{where}含有换行", field=name)
+            if len(label) > self.settings.max_label_chars:
+                raise LabelsInvalid(f"{where}共 {len(label)} 字，超过上限 {self.settings.max_label_chars} 字",
+                                    field=name)
+            if label not in labels:
+                labels.append(label)
+        if not 2 <= len(labels) <= self.settings.max_labels:
+            raise LabelsInvalid(f"需要 2 到 {self.settings.max_labels} 个不同的标签（收到 {len(labels)} 个）",
+                                field="labels")
+        return labels
 
     def _ready_engine(self, requested: str | None) -> Engine:
         if requested is not None and requested not in ENGINES:
@@ -131,6 +224,12 @@ class Service:
             raise EngineUnavailable(f"引擎 {requested} 未加载：{why}", field="engine")
         return self._engines[requested]
 
+    @staticmethod
+    def _require_prompts(engine: Engine, what: str) -> None:
+        if not engine.can_score or engine.wants_raw_text:
+            raise NeedsMT5(f"{what}需要 mT5 模型权重；当前引擎 {engine.name} 只能做同义词替换"
+                           "（见 README「安装模型权重」）")
+
     def augment(self, texts: list[str], params: GenerationParams, *, engine: str | None = None,
                 field_name: str = "texts") -> AugmentResult:
         """Return up to `num_return_sequences` distinct variants per text, in input order."""
@@ -141,53 +240,178 @@ class Service:
             prompts = clean
         else:
             prompts = [self._templates.render("augment", text=text) for text in clean]
-        variants = self._distinct_variants(chosen, clean, prompts, params, started)
+        # A copy of the input is no variant.
+        seen = [{_same_text_key(text)} for text in clean]
+        variants = self._distinct_outputs(chosen, prompts, seen, params, started)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("augment engine=%s items=%d variants=%d ms=%.0f params=%s",
                  chosen.name, len(texts), sum(map(len, variants)), elapsed_ms, params.as_log())
         log.debug("augment texts=%s variants=%s", clean, variants)
         return AugmentResult(list(texts), variants, chosen.name, elapsed_ms)
 
-    def _distinct_variants(self, engine: Engine, originals: list[str], prompts: list[str],
-                           params: GenerationParams, started: float) -> list[list[str]]:
-        """Sample, drop empty outputs, repeats and copies of the input, and sample again if short."""
+    def classify(self, texts: list[str], labels: str | list[str], *, mode: str = "constrained",
+                 multi_label: bool = False, threshold: float | None = None, engine: str | None = None,
+                 field_name: str = "texts") -> ClassifyResult:
+        """Classify each text into the candidate labels, in input order.
+
+        constrained: every label's whole token sequence is scored under the classification prompt
+        and the probabilities are a softmax over those sequence log-probabilities (no length
+        normalisation), so the answer is always one of the labels. With multi_label, each label
+        is instead scored on its own against a catch-all partner label, and every label whose own
+        probability reaches the threshold is returned. generate: the model's free greedy answer.
+        """
+        started = time.monotonic()
+        if mode not in MODES:
+            raise InvalidParameter(f"mode 只能是 constrained 或 generate（收到 {str(mode)[:40]!r}）", field="mode")
+        if threshold is None:
+            threshold = self.settings.multi_label_threshold
+        elif isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise InvalidParameter(f"threshold 必须是 0 到 1 之间的数（收到 {threshold!r}）", field="threshold")
+        clean = self.check_texts(texts, field_name)
+        candidates = self.check_labels(labels)
+        chosen = self._ready_engine(engine)
+        self._require_prompts(chosen, "零样本分类")
+        joined = ",".join(candidates)
+        prompts = [self._templates.render("classification", labels=joined, text=text) for text in clean]
+        if mode == "generate":
+            items = self._classify_by_generation(chosen, prompts, candidates, multi_label, started)
+        elif multi_label:
+            items = [self._classify_each_label(chosen, text, candidates, threshold, started) for text in clean]
+        else:
+            items = [self._classify_constrained(chosen, prompt, candidates, started) for prompt in prompts]
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("classify engine=%s mode=%s multi_label=%s items=%d labels=%d ms=%.0f",
+                 chosen.name, mode, multi_label, len(clean), len(candidates), elapsed_ms)
+        log.debug("classify texts=%s labels=%s answers=%s", clean, candidates, [item.label for item in items])
+        return ClassifyResult(list(texts), candidates, items, chosen.name, elapsed_ms)
+
+    def _scores(self, engine: Engine, prompt: str, labels: list[str], started: float) -> dict[str, float]:
+        with self._engine_turn(engine, started):
+            logprobs = engine.score(prompt, labels)
+        if len(logprobs) != len(labels):
+            raise EngineContractError(engine.name, len(labels), len(logprobs))
+        return dict(zip(labels, softmax(logprobs)))
+
+    def _classify_constrained(self, engine: Engine, prompt: str, labels: list[str],
+                              started: float) -> Classification:
+        scores = self._scores(engine, prompt, labels, started)
+        return Classification(max(scores, key=scores.__getitem__), scores, None, True)
+
+    def _classify_each_label(self, engine: Engine, text: str, labels: list[str], threshold: float,
+                             started: float) -> Classification:
+        own = {}
+        for label in labels:
+            partner = next(p for p in PARTNER_LABELS if p != label)
+            prompt = self._templates.render("classification", labels=f"{label},{partner}", text=text)
+            own[label] = self._scores(engine, prompt, [label, partner], started)[label]
+        passed = sorted((label for label in labels if own[label] >= threshold), key=own.__getitem__, reverse=True)
+        return Classification(max(own, key=own.__getitem__), own, None, True, passed)
+
+    def _classify_by_generation(self, engine: Engine, prompts: list[str], labels: list[str], multi_label: bool,
+                                started: float) -> list[Classification]:
+        greedy = GenerationParams(do_sample=False, num_return_sequences=1, max_length=CLASSIFY_GENERATE_TOKENS)
+        items = []
+        for outputs in self._generate(engine, prompts, greedy, started):
+            raw = _clean(outputs[0]) if outputs else ""
+            hits, only_labels = match_labels(raw, labels, multi_label)
+            label = hits[0] if hits else None
+            items.append(Classification(label, None, raw, bool(hits) and only_labels,
+                                        hits if multi_label else None))
+        return items
+
+    def tasks(self) -> list[Task]:
+        """The tasks /generate serves."""
+        return self._templates.generation_tasks()
+
+    def run_task(self, task: str, fields: dict[str, object], params: GenerationParams, *,
+                 engine: str | None = None) -> TaskResult:
+        """Build the task's prompt from its fields and answer it: scored tasks pick one of their
+        labels, the others return up to `num_return_sequences` distinct generated outputs."""
+        started = time.monotonic()
+        spec = self._task(task)
+        values = self._task_fields(spec, fields)
+        chosen = self._ready_engine(engine)
+        self._require_prompts(chosen, f"任务“{spec.title}”")
+        prompt = self._templates.render(spec.name, **values)
+        scores = None
+        if spec.scored:
+            scores = self._scores(chosen, prompt, list(spec.labels), started)
+            outputs = [max(scores, key=scores.__getitem__)]
+        else:
+            outputs = self._distinct_outputs(chosen, [prompt], [set()], params, started)[0]
+        elapsed_ms = (time.monotonic() - started) * 1000
+        log.info("generate task=%s engine=%s outputs=%d ms=%.0f params=%s",
+                 spec.name, chosen.name, len(outputs), elapsed_ms, params.as_log())
+        log.debug("generate task=%s fields=%s outputs=%s", spec.name, values, outputs)
+        return TaskResult(spec.name, prompt, outputs, scores, chosen.name, elapsed_ms)
+
+    def _task(self, name: object) -> Task:
+        served = {task.name: task for task in self.tasks()}
+        if name not in served:
+            raise InvalidParameter(f"没有名为 {str(name)[:40]!r} 的任务；可选：{', '.join(served)}", field="task")
+        return served[name]
+
+    def _task_fields(self, spec: Task, fields: dict[str, object]) -> dict[str, str]:
+        for name in fields:
+            if name not in spec.fields:
+                raise InvalidParameter(f"任务 {spec.name} 没有字段 {name}（需要：{', '.join(spec.fields)}）",
+                                       field=name)
+        values = {}
+        for name in spec.fields:
+            value = fields.get(name)
+            if value is None:
+                raise InvalidParameter(f"任务 {spec.name} 缺少字段 {name}", field=name)
+            if not isinstance(value, str):
+                raise InvalidParameter(f"{name} 应为字符串（收到 {repr(value)[:80]}）", field=name)
+            values[name] = self.check_text(value, name)
+        return values
+
+    def _distinct_outputs(self, engine: Engine, prompts: list[str], seen: list[set[str]],
+                          params: GenerationParams, started: float) -> list[list[str]]:
+        """Sample, drop empty outputs, repeats and those in `seen`, and sample again if short."""
         want = params.num_return_sequences
-        variants: list[list[str]] = [[] for _ in prompts]
-        seen = [{_same_text_key(text)} for text in originals]
+        outputs: list[list[str]] = [[] for _ in prompts]
+        seen = [set(keys) for keys in seen]
         pending = list(range(len(prompts)))
         round_params = params
         for round_index in range(self.settings.resample_rounds + 1):
-            outputs = self._generate(engine, [prompts[i] for i in pending], round_params, started)
-            for i, candidates in zip(pending, outputs):
+            answers = self._generate(engine, [prompts[i] for i in pending], round_params, started)
+            for i, candidates in zip(pending, answers):
                 for candidate in map(_clean, candidates):
                     key = _same_text_key(candidate)
-                    if candidate and key not in seen[i] and len(variants[i]) < want:
+                    if candidate and key not in seen[i] and len(outputs[i]) < want:
                         seen[i].add(key)
-                        variants[i].append(candidate)
-            pending = [i for i in pending if len(variants[i]) < want]
+                        outputs[i].append(candidate)
+            pending = [i for i in pending if len(outputs[i]) < want]
             if not pending or not params.do_sample:
                 break
             # A seeded request stays reproducible: each extra round uses the next seed.
             next_seed = None if params.seed is None else (params.seed + round_index + 1) % (SEED_RANGE[1] + 1)
             round_params = params.with_changes(
-                num_return_sequences=max(want - len(variants[i]) for i in pending), seed=next_seed
+                num_return_sequences=max(want - len(outputs[i]) for i in pending), seed=next_seed
             )
-        return variants
+        return outputs
+
+    @contextlib.contextmanager
+    def _engine_turn(self, engine: Engine, started: float) -> Iterator[None]:
+        """Hold the engine's lock, waiting no longer than what is left of the request's time."""
+        lock = self._engine_locks[engine.name]
+        wait = started + self.settings.request_timeout_s - time.monotonic()
+        if wait <= 0 or not lock.acquire(timeout=wait):
+            raise RequestTimeout(f"等待模型超过 {self.settings.request_timeout_s:.0f} 秒，请稍后重试")
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _generate(self, engine: Engine, prompts: list[str], params: GenerationParams,
                   started: float) -> list[list[str]]:
         size = self.settings.max_batch_size
-        lock = self._engine_locks[engine.name]
         outputs: list[list[str]] = []
         for start in range(0, len(prompts), size):
             chunk = prompts[start:start + size]
-            wait = started + self.settings.request_timeout_s - time.monotonic()
-            if wait <= 0 or not lock.acquire(timeout=wait):
-                raise RequestTimeout(f"等待模型超过 {self.settings.request_timeout_s:.0f} 秒，请稍后重试")
-            try:
+            with self._engine_turn(engine, started):
                 answer = engine.generate(chunk, params)
-            finally:
-                lock.release()
             if len(answer) != len(chunk):
                 raise EngineContractError(engine.name, len(chunk), len(answer))
             outputs.extend(answer)

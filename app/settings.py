@@ -47,6 +47,11 @@ class Settings:
     )
     max_text_chars: int = _opt(1000, "longest accepted text, in characters")
     max_batch_texts: int = _opt(50, "most texts in one batch request")
+    max_labels: int = _opt(50, "most candidate labels in one classification (at least 2)")
+    max_label_chars: int = _opt(30, "longest accepted label, in characters")
+    multi_label_threshold: float = _opt(
+        0.5, "multi_label: a label is returned when its own probability reaches this (0-1)"
+    )
     max_body_bytes: int = _opt(1_048_576, "largest accepted request body, in bytes")
     max_input_tokens: int = _opt(512, "prompt tokens kept; longer prompts are truncated")
     max_batch_size: int = _opt(16, "most prompts in one engine call")
@@ -65,10 +70,14 @@ class Settings:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        for name in ("max_text_chars", "max_batch_texts", "max_body_bytes", "max_input_tokens",
-                     "max_batch_size", "ui_concurrency"):
+        for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
+                     "max_input_tokens", "max_batch_size", "ui_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_labels < 2:
+            raise SettingsError(f"max_labels must be at least 2, got {self.max_labels}")
+        if not 0 < self.multi_label_threshold < 1:
+            raise SettingsError(f"multi_label_threshold must be between 0 and 1, got {self.multi_label_threshold}")
         if self.resample_rounds < 0:
             raise SettingsError(f"resample_rounds must be 0 or more, got {self.resample_rounds}")
         if self.request_timeout_s <= 0:

@@ -21,8 +21,9 @@ from app.params import (
     TOP_P_RANGE,
     GenerationParams,
     params_from,
+    task_params,
 )
-from app.service import Service
+from app.service import ClassifyResult, Service
 
 MAX_VARIANTS = NUM_RETURN_SEQUENCES_RANGE[1]
 CSV_HEADERS = ["原文", "增强结果"]
@@ -199,6 +200,74 @@ def api_augment_batch(service: Service, texts, num_return_sequences, max_length,
     return service.augment(texts, params, engine=engine, field_name="texts").variants
 
 
+MODE_CHOICES = [("约束打分：答案一定是候选标签之一", "constrained"), ("自由生成：模型原样输出（对照用）", "generate")]
+FIELD_LABELS = {"text": "输入文本", "passage": "段落", "answer": "答案"}
+
+
+def _percent(probability: float) -> str:
+    return f"{probability:.1%}"
+
+
+def classify_status(result: ClassifyResult, threshold: float) -> str:
+    item = result.items[0]
+    tail = f"（引擎 {result.engine}，耗时 {result.elapsed_ms:.0f} ms）"
+    if item.raw_output is not None:
+        verdict = f"在候选标签内：**{item.label}**" if item.in_labels else "**不在**候选标签内"
+        return f"模型原样输出：“{item.raw_output}”，{verdict}{tail}"
+    if item.labels is not None:
+        if not item.labels:
+            return f"没有标签的概率达到阈值 {threshold:.2f}；最可能的是 **{item.label}**{tail}"
+        passed = "、".join(f"**{label}**（{_percent(item.scores[label])}）" for label in item.labels)
+        return f"达到阈值 {threshold:.2f} 的标签：{passed}{tail}"
+    return f"答案：**{item.label}**（概率 {_percent(item.scores[item.label])}）{tail}"
+
+
+@_shown_in_page
+def on_classify(service: Service, text, labels, mode, multi_label, threshold):
+    # Each tag may itself hold several labels separated by commas or 、; the service splits them.
+    joined = ",".join(labels or []) if isinstance(labels, list) else (labels or "")
+    result = service.classify([text or ""], joined, mode=mode, multi_label=bool(multi_label),
+                              threshold=threshold, field_name="text")
+    item = result.items[0]
+    shown = item.scores if item.scores is not None else item.raw_output
+    return shown, classify_status(result, threshold)
+
+
+def task_field_updates(service: Service, task: str, names: list[str]):
+    """Show the boxes the chosen task needs, hide the others, and say how it is answered."""
+    spec = next((t for t in service.tasks() if t.name == task), None)
+    needed = spec.fields if spec else ()
+    boxes = [gr.Textbox(visible=name in needed) for name in names]
+    if spec is None:
+        return *boxes, ""
+    how = (f"按标签打分：{' / '.join(spec.labels)}，答案一定是其中之一" if spec.scored
+           else "生成式任务：不勾选“采样”时用贪心解码，给出 1 条确定的结果")
+    return *boxes, f"提示词模板：`{spec.template.replace(chr(10), ' ⏎ ')}` · {how}"
+
+
+@_shown_in_page
+def on_task(service: Service, names: list[str], task, sample, *values):
+    fields, (n, temperature, max_length, top_k, top_p, seed) = values[:len(names)], values[len(names):]
+    spec = next((t for t in service.tasks() if t.name == task), None)
+    wanted = {name: value or "" for name, value in zip(names, fields) if spec and name in spec.fields}
+    if sample:
+        params = ui_params(n, max_length, temperature, top_k, top_p, seed)
+    else:
+        params = task_params({"max_length": _whole(max_length)})
+    result = service.run_task(task or "", wanted, params)
+    scores = gr.Label(value=result.scores, visible=result.scores is not None)
+    status = f"{len(result.outputs)} 条结果（引擎 {result.engine}，耗时 {result.elapsed_ms:.0f} ms）"
+    return "\n".join(result.outputs), scores, result.prompt, status
+
+
+@_shown_in_page
+def api_classify(service: Service, text, labels, mode, multi_label, threshold, engine) -> dict:
+    texts = _checked_strings([text], "text")
+    result = service.classify(texts, labels, mode=mode, multi_label=multi_label, threshold=threshold,
+                              engine=engine, field_name="text")
+    return {**result.items[0].as_dict(), "engine": result.engine}
+
+
 def _engine_selector():
     return gr.Dropdown(label="引擎", choices=[], interactive=True,
                        info="同义词替换引擎只用到 生成数量、温度（改动词语的比例）和随机种子")
@@ -218,7 +287,7 @@ def _parameter_controls(count_label: str):
 
 
 def build(service: Service) -> gr.Blocks:
-    """Lay out the page and wire its events; the public API is /augment and /augment_batch."""
+    """Lay out the page and wire its events; the public API is /augment, /augment_batch and /classify."""
     limits = service.settings
     with gr.Blocks(title="dpp 中文文本增强") as demo:
         gr.Markdown("# dpp 中文文本增强与零样本分类")
@@ -254,6 +323,38 @@ def build(service: Service) -> gr.Blocks:
                 copy_table = gr.Button("复制全部")
                 download = gr.DownloadButton("下载 CSV", visible=False)
             table_text = gr.Textbox(visible=False)
+        with gr.Tab("零样本分类"):
+            classify_text = gr.Textbox(label="待分类文本", lines=4, max_length=limits.max_text_chars,
+                                       placeholder=f"输入一段中文（最多 {limits.max_text_chars} 字）")
+            labels = gr.Dropdown(label=f"候选标签（2 到 {limits.max_labels} 个）", choices=[], multiselect=True,
+                                 allow_custom_value=True,
+                                 info="输入一个标签后按回车；也可以一次粘贴用逗号或顿号分隔的多个标签，如 物流、价格、客服")
+            with gr.Row():
+                mode = gr.Radio(MODE_CHOICES, value="constrained", label="方式")
+                multi_label = gr.Checkbox(label="多标签：逐个判断每个标签", value=False)
+                threshold = gr.Slider(0.05, 0.95, value=limits.multi_label_threshold, step=0.05,
+                                      label="多标签阈值", info="多标签时，概率达到此值的标签都会返回")
+            run_classify = gr.Button("开始分类", variant="primary")
+            classify_status_line = gr.Markdown()
+            label_bars = gr.Label(label="各标签概率", num_top_classes=limits.max_labels)
+        with gr.Tab("更多任务"):
+            served = service.tasks()
+            field_names = list(dict.fromkeys(name for task in served for name in task.fields))
+            task = gr.Dropdown(label="任务", choices=[(t.title, t.name) for t in served],
+                               value=served[0].name if served else None)
+            task_hint = gr.Markdown()
+            field_boxes = [gr.Textbox(label=FIELD_LABELS.get(name, name), lines=3, max_length=limits.max_text_chars,
+                                      visible=bool(served) and name in served[0].fields)
+                           for name in field_names]
+            sample = gr.Checkbox(label="采样：生成多条不同的结果（使用下面的参数）", value=False)
+            with gr.Accordion("生成参数", open=False):
+                with gr.Row():
+                    task_controls = _parameter_controls("生成数量")
+            run_task = gr.Button("运行任务", variant="primary")
+            task_status = gr.Markdown()
+            task_scores = gr.Label(label="各标签概率", visible=False)
+            task_output = gr.Textbox(label="结果（每行一条）", lines=4, interactive=False, buttons=["copy"])
+            task_prompt = gr.Textbox(label="实际发送给模型的提示词", lines=3, interactive=False)
 
         demo.load(functools.partial(engine_choices, service), outputs=[status_banner, single_engine, batch_engine],
                   api_visibility="private")
@@ -266,6 +367,15 @@ def build(service: Service) -> gr.Blocks:
                         inputs=[batch_text, batch_engine, *batch_controls],
                         outputs=[table, download, table_text, batch_status], api_visibility="private")
         copy_table.click(None, inputs=table_text, js=COPY_JS, api_visibility="private")
+        run_classify.click(functools.partial(on_classify, service),
+                           inputs=[classify_text, labels, mode, multi_label, threshold],
+                           outputs=[label_bars, classify_status_line], api_visibility="private")
+        show_fields = functools.partial(task_field_updates, service, names=field_names)
+        task.change(show_fields, inputs=task, outputs=[*field_boxes, task_hint], api_visibility="private")
+        demo.load(show_fields, inputs=task, outputs=[*field_boxes, task_hint], api_visibility="private")
+        run_task.click(functools.partial(on_task, service, field_names),
+                       inputs=[task, sample, *field_boxes, *task_controls],
+                       outputs=[task_output, task_scores, task_prompt, task_status], api_visibility="private")
         _public_api(service)
     demo.queue(default_concurrency_limit=limits.ui_concurrency)
     return demo
@@ -290,5 +400,11 @@ def _public_api(service: Service) -> None:
         return api_augment_batch(service, texts, num_return_sequences, max_length, temperature, top_k,
                                  top_p, seed, engine)
 
+    def classify(text: str, labels: list[str] | str, mode: str = "constrained", multi_label: bool = False,
+                 threshold: float | None = None, engine: str | None = None) -> dict:
+        """Classify one text into the candidate labels: label, scores, raw_output, in_labels."""
+        return api_classify(service, text, labels, mode, multi_label, threshold, engine)
+
     gr.api(augment, api_name="augment")
     gr.api(augment_batch, api_name="augment_batch")
+    gr.api(classify, api_name="classify")

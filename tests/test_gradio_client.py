@@ -12,7 +12,7 @@ def client(live_server):
 
 def test_only_the_public_endpoints_are_listed(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/augment", "/augment_batch"}
+    assert set(endpoints) == {"/augment", "/augment_batch", "/classify"}
     names = [p["parameter_name"] for p in endpoints["/augment"]["parameters"]]
     assert names == ["text", "num_return_sequences", "max_length", "temperature", "top_k", "top_p",
                      "seed", "engine"]
@@ -54,3 +54,34 @@ def test_errors_reach_the_client_as_readable_messages(client, args, kwargs, expe
 def test_a_batch_that_is_not_a_list_of_strings_is_refused(client):
     with pytest.raises(AppError, match="texts"):
         client.predict("不是列表", api_name="/augment_batch")
+
+
+def test_classify_endpoint_has_the_rest_parameters_and_defaults(client):
+    parameters = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/classify"]["parameters"]
+    assert [p["parameter_name"] for p in parameters] == ["text", "labels", "mode", "multi_label", "threshold",
+                                                         "engine"]
+    defaults = {p["parameter_name"]: p.get("parameter_default") for p in parameters}
+    assert defaults["mode"] == "constrained" and defaults["multi_label"] is False
+
+
+def test_classify_returns_a_label_and_a_probability_per_label(client):
+    labels = ["物流", "价格", "客服"]
+    result = client.predict("物流速度很快，包装也完好。", labels, api_name="/classify")
+    assert result["label"] in labels and result["in_labels"] is True and result["engine"] == "mt5"
+    assert list(result["scores"]) == labels and abs(sum(result["scores"].values()) - 1) < 1e-6
+    as_string = client.predict("物流速度很快，包装也完好。", "物流、价格,客服", api_name="/classify")
+    assert as_string["scores"] == result["scores"]
+
+
+def test_classify_modes_through_the_client(client):
+    labels = ["物流", "价格"]
+    free = client.predict("太贵了", labels, mode="generate", api_name="/classify")
+    assert isinstance(free["raw_output"], str) and free["scores"] is None
+    multi = client.predict("太贵了", labels, multi_label=True, threshold=0.0, api_name="/classify")
+    assert sorted(multi["labels"]) == sorted(labels)
+
+
+@pytest.mark.parametrize("labels, expected", [(["物流"], "2 到 50"), ("物流,,价格", "为空"), (7, "标签列表")])
+def test_classify_label_errors_reach_the_client(client, labels, expected):
+    with pytest.raises(AppError, match=expected):
+        client.predict("太贵了", labels, api_name="/classify")

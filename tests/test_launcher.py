@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -80,6 +81,19 @@ def test_invalid_setting_exits_2_naming_it(args, env, setting):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert setting in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_a_broken_template_file_exits_2_naming_file_and_task(tmp_path):
+    shipped = json.loads((ROOT / "app" / "templates.json").read_text("utf-8"))
+    broken = tmp_path / "templates.json"
+    broken.write_text(json.dumps({**shipped, "sentiment": {"template": "情感分析：{text}", "labels": ["积极"]}},
+                                 ensure_ascii=False), "utf-8")
+    result = run([sys.executable, "webui.py", "--host", "127.0.0.1", "--port", str(free_port()),
+                  "--log-dir", str(tmp_path / "logs")], DPP_TEMPLATES_FILE=str(broken))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and str(broken) in lines[0] and "'sentiment'" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings as hypothesis_settings, strategies as st
 from app.engines.lexical import REORDER, LexicalEngine, changed_share
 from app.engines.lexicon import cilin_groups, load_lexicon, part_of_speech, tag_parts_of_speech
 from app.engines.protect import split_protected
-from app.errors import ScoringUnsupported
+from app.errors import NeedsMT5
 from app.params import GenerationParams
 from app.settings import Settings
 
@@ -173,7 +173,7 @@ def test_a_seed_fixes_a_texts_variants_whatever_the_batch(engine):
 
 
 def test_the_lexical_engine_cannot_score(engine):
-    with pytest.raises(ScoringUnsupported) as caught:
+    with pytest.raises(NeedsMT5) as caught:
         engine.score("文本分类", ["积极", "消极"])
     assert caught.value.status == 503 and "mT5" in caught.value.message
 

@@ -57,10 +57,14 @@ def banner(page: Page):
     return page.locator(".dpp-banner").first
 
 
-def result_box(page: Page, number: int):
+def copyable_box(page: Page, name: str):
     # The label wraps a copy button too, so the textarea has no accessible name of its own.
-    label = page.locator("label").filter(has=page.get_by_text(f"结果 {number}", exact=True))
+    label = page.locator("label").filter(has=page.get_by_text(name, exact=True))
     return label.locator("textarea")
+
+
+def result_box(page: Page, number: int):
+    return copyable_box(page, f"结果 {number}")
 
 
 def visible_button(page: Page, name: str):
@@ -89,9 +93,9 @@ def read_clipboard(page: Page, differs_from: str, timeout_s: float = 10) -> str:
     return value
 
 
-def test_page_loads_with_both_tabs_and_engine_banner(page):
-    expect(page.get_by_role("tab", name="单条增强")).to_be_visible()
-    expect(page.get_by_role("tab", name="批量增强")).to_be_visible()
+def test_page_loads_with_all_tabs_and_engine_banner(page):
+    for tab in ("单条增强", "批量增强", "零样本分类", "更多任务"):
+        expect(page.get_by_role("tab", name=tab)).to_be_visible()
     expect(banner(page)).to_contain_text("mt5")
     expect(banner(page)).to_contain_text("设备 cpu")
     expect(page).to_have_title("dpp 中文文本增强")
@@ -215,3 +219,57 @@ def test_with_weights_the_engine_selector_switches_to_lexical(page):
     page.get_by_role("option", name="同义词替换（无需模型权重）").click()
     run_single(page, "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。")
     expect(page.get_by_text(re.compile(r"引擎 lexical"))).to_be_visible()
+
+
+def test_classify_shows_a_bar_per_label_from_tags_and_separated_strings(page):
+    page.get_by_role("tab", name="零样本分类").click()
+    page.get_by_label("待分类文本").fill("物流很快，包装也很好，就是价格有点贵。")
+    tags = page.get_by_label("候选标签（2 到 50 个）")
+    tags.fill("物流、价格，客服")
+    tags.press("Enter")
+    tags.fill("质量")
+    tags.press("Enter")
+    page.get_by_role("button", name="开始分类").click()
+    expect(page.get_by_text(re.compile(r"^答案：\S+（概率 [\d.]+%）（引擎 mt5，耗时 \d+ ms）$"))).to_be_visible()
+    bars = page.locator("meter")
+    expect(bars).to_have_count(4)
+    shown = {bar.get_attribute("aria-label"): float(bar.get_attribute("value")) for bar in bars.all()}
+    assert set(shown) == {"物流", "价格", "客服", "质量"}
+    assert abs(sum(shown.values()) - 1) < 1e-6
+    expect(page.get_by_test_id("label-output-value")).to_have_text(max(shown, key=shown.get))
+
+
+def test_classify_with_one_label_shows_a_readable_error(page):
+    page.get_by_role("tab", name="零样本分类").click()
+    page.get_by_label("待分类文本").fill("物流很快")
+    tags = page.get_by_label("候选标签（2 到 50 个）")
+    tags.fill("物流")
+    tags.press("Enter")
+    page.get_by_role("button", name="开始分类").click()
+    expect(toast(page)).to_contain_text("2 到 50")
+    assert "Traceback" not in page.locator("body").inner_text()
+
+
+def test_more_tasks_shows_the_fields_of_the_chosen_task_and_its_prompt(page):
+    page.get_by_role("tab", name="更多任务").click()
+    page.get_by_label("任务").click()
+    page.get_by_role("option", name="问题生成").click()
+    expect(page.get_by_label("段落")).to_be_visible()
+    expect(page.get_by_label("答案", exact=True)).to_be_visible()
+    page.get_by_label("段落").fill("北京是中国的首都。")
+    page.get_by_label("答案", exact=True).fill("北京")
+    page.get_by_role("button", name="运行任务").click()
+    expect(page.get_by_text(re.compile(r"^\d 条结果（引擎 mt5，耗时 \d+ ms）$"))).to_be_visible()
+    expect(page.get_by_label("实际发送给模型的提示词")).to_have_value(
+        "根据给定的段落和答案生成对应的问题。\n段落：北京是中国的首都。\n答案：北京")
+
+    page.get_by_label("任务").click()
+    page.get_by_role("option", name="情感分析").click()
+    expect(page.get_by_label("段落")).to_be_hidden()
+    page.get_by_label("输入文本").locator("visible=true").fill("质量很好，下次还来买。")
+    page.get_by_role("button", name="运行任务").click()
+    expect(page.get_by_label("实际发送给模型的提示词")).to_have_value("情感分析：质量很好，下次还来买。")
+    bars = page.locator("meter").locator("visible=true")
+    expect(bars).to_have_count(2)
+    assert {bar.get_attribute("aria-label") for bar in bars.all()} == {"积极", "消极"}
+    expect(copyable_box(page, "结果（每行一条）")).to_have_value(re.compile("^(积极|消极)$"))

@@ -22,10 +22,10 @@ def test_the_page_is_not_serialised_behind_gradios_default_concurrency_of_one():
     assert all(fn.concurrency_limit == "default" for fn in demo.fns.values())
 
 
-def test_only_the_two_api_endpoints_are_public():
+def test_only_the_three_api_endpoints_are_public():
     demo = ui.build(_service())
     public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
-    assert public == ["augment", "augment_batch"]
+    assert public == ["augment", "augment_batch", "classify"]
 
 
 def test_slider_floats_become_integers_and_an_empty_seed_means_random():
@@ -77,3 +77,63 @@ def test_an_empty_batch_box_is_a_readable_error():
     with pytest.raises(Exception, match="至少一行") as caught:
         ui.on_augment_batch(_service(), "  \n ", None, 3, 0.8, 128, 50, 0.95, "")
     assert type(caught.value).__name__ == "Error"
+
+
+@pytest.fixture(scope="module")
+def served(tiny_models):
+    from app.engines.hf import HFEngine
+
+    service = _service()
+    engine = HFEngine(tiny_models["huggingface"], device="cpu")
+    service.load({"mt5": lambda: engine})
+    return service
+
+
+def test_classify_tags_may_each_hold_several_labels(served):
+    scores, status = ui.on_classify(served, "物流很快", ["物流、价格", "客服"], "constrained", False, 0.5)
+    assert list(scores) == ["物流", "价格", "客服"]
+    best = max(scores, key=scores.get)
+    assert f"答案：**{best}**" in status and "引擎 mt5" in status
+
+
+def test_classify_in_generate_mode_shows_the_raw_answer(served):
+    shown, status = ui.on_classify(served, "物流很快", ["物流", "价格"], "generate", False, 0.5)
+    assert isinstance(shown, str) and f"模型原样输出：“{shown}”" in status
+
+
+def test_classify_multi_label_status_names_what_passed(served):
+    scores, status = ui.on_classify(served, "物流很快", ["物流", "价格"], "constrained", True, 0.05)
+    passed = [label for label in scores if scores[label] >= 0.05]
+    assert passed and all(f"**{label}**" in status for label in passed)
+    _, none_passed = ui.on_classify(served, "物流很快", ["物流", "价格"], "constrained", True, 1.0)
+    assert "没有标签的概率达到阈值" in none_passed
+
+
+def test_classify_with_one_label_is_a_readable_error(served):
+    with pytest.raises(Exception, match="2 到 50") as caught:
+        ui.on_classify(served, "物流很快", ["物流"], "constrained", False, 0.5)
+    assert type(caught.value).__name__ == "Error"
+
+
+def test_choosing_a_task_shows_only_its_fields(served):
+    names = ["text", "passage", "answer"]
+    *boxes, hint = ui.task_field_updates(served, "question_generation", names)
+    assert [box.visible for box in boxes] == [False, True, True]
+    assert "段落" in hint
+    *boxes, hint = ui.task_field_updates(served, "sentiment", names)
+    assert [box.visible for box in boxes] == [True, False, False] and "积极 / 消极" in hint
+
+
+def test_a_task_runs_from_the_page(served):
+    names = ["text", "passage", "answer"]
+    controls = (3, 0.8, 8, 50, 0.95, "")
+    output, scores, prompt, status = ui.on_task(served, names, "sentiment", False, "质量很好", "", "", *controls)
+    assert output in ("积极", "消极") and scores.visible
+    assert {shown["label"] for shown in scores.value["confidences"]} == {"积极", "消极"}
+    assert prompt == "情感分析：质量很好" and "引擎 mt5" in status
+    output, scores, prompt, _ = ui.on_task(served, names, "question_generation", True, "不用的文本", "北京是首都",
+                                           "北京", *controls)
+    assert prompt == "根据给定的段落和答案生成对应的问题。\n段落：北京是首都\n答案：北京"
+    assert not scores.visible and len(output.splitlines()) <= 3
+    with pytest.raises(Exception, match="answer 为空"):
+        ui.on_task(served, names, "question_generation", False, "", "北京是首都", "", *controls)

@@ -115,21 +115,58 @@ class HFEngine:
         return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
-        """Sum of token log-probabilities of each candidate (with its end token) after `prompt`."""
+        """Sum of token log-probabilities of each candidate (with its end token) after `prompt`.
+
+        One pass: the encoder runs once, the decoder takes all candidates as one padded batch
+        sharing the prompt's cross-attention keys and values, and the vocabulary projection runs
+        once per distinct candidate prefix (labels share their first tokens), never on padding.
+        """
         torch = self._torch
         with torch.inference_mode():
             encoded = self._encode([prompt])
             hidden = self._model.get_encoder()(**encoded).last_hidden_state
-            labels = self._tokenizer(candidates, return_tensors="pt", padding=True).input_ids.to(self._device)
-            real = labels != self._tokenizer.pad_token_id
-            count = len(candidates)
-            logits = self._model(
-                encoder_outputs=(hidden.expand(count, -1, -1),),
-                attention_mask=encoded.attention_mask.expand(count, -1),
-                labels=labels.masked_fill(~real, -100),
-            ).logits
-            token_logprobs = logits.float().log_softmax(-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
-            return (token_logprobs * real).sum(-1).tolist()
+            targets = self._tokenizer(candidates, return_tensors="pt", padding=True).input_ids.to(self._device)
+            inputs = self._model._shift_right(targets)
+            states = self._decoder_states(hidden, encoded.attention_mask, inputs)
+            # A position's state depends only on the tokens before it (causal attention, one prompt).
+            rows, positions = (targets != self._tokenizer.pad_token_id).nonzero(as_tuple=True)
+            prefixes: dict[tuple[int, ...], int] = {}
+            firsts: list[tuple[int, int]] = []
+            slots = []
+            for row, position in zip(rows.tolist(), positions.tolist()):
+                key = tuple(inputs[row, :position + 1].tolist())
+                if key not in prefixes:
+                    prefixes[key] = len(firsts)
+                    firsts.append((row, position))
+                slots.append(prefixes[key])
+            first_rows, first_positions = torch.tensor(firsts, device=self._device).unbind(-1)
+            logprobs = self._model.lm_head(states[first_rows, first_positions]).float().log_softmax(-1)
+            picked = logprobs[torch.tensor(slots, device=self._device), targets[rows, positions]]
+            totals = torch.zeros(len(candidates), dtype=torch.float64, device=self._device)
+            return totals.index_add_(0, rows, picked.double()).tolist()
+
+    def _decoder_states(self, hidden, attention_mask, inputs):
+        """Decoder states for a batch of continuations of one encoded prompt.
+
+        The cross-attention keys and values of the prompt are computed once, by one decoder step at
+        batch size 1, and then shared by every row as views, instead of once per candidate.
+        """
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        decoder, config, count = self._model.get_decoder(), self._model.config, inputs.shape[0]
+        warm = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
+        decoder(input_ids=inputs[:1, :1], encoder_hidden_states=hidden, encoder_attention_mask=attention_mask,
+                past_key_values=warm, use_cache=True)
+        cross = warm.cross_attention_cache
+        for layer in cross.layers:
+            layer.keys, layer.values = layer.keys.expand(count, -1, -1, -1), layer.values.expand(count, -1, -1, -1)
+        return decoder(
+            input_ids=inputs,
+            encoder_hidden_states=hidden.expand(count, -1, -1),
+            encoder_attention_mask=attention_mask.expand(count, -1),
+            past_key_values=EncoderDecoderCache(DynamicCache(config=config), cross),
+            use_cache=True,
+        ).last_hidden_state
 
 
 def _check_complete(model_dir: Path, loading: dict) -> None:

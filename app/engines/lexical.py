@@ -16,7 +16,7 @@ from pathlib import Path
 
 from app.engines.lexicon import EXCLUDED_TAGS, Lexicon, load_lexicon
 from app.engines.protect import split_protected
-from app.errors import ScoringUnsupported
+from app.errors import NeedsMT5
 from app.params import GenerationParams
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class LexicalEngine:
         return [[variant.text for variant in self.propose(text, params)] for text in prompts]
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
-        raise ScoringUnsupported("同义词替换引擎不能打分：零样本分类等任务需要 mT5 权重（见 README「安装模型权重」）")
+        raise NeedsMT5("同义词替换引擎不能打分：零样本分类等任务需要 mT5 权重（见 README「安装模型权重」）")
 
     def _tokens(self, text: str) -> list[_Token]:
         tokens: list[_Token] = []
