@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
@@ -21,6 +25,7 @@ from app.errors import (
     MalformedJSON,
     MethodNotAllowed,
     NotFound,
+    RequestCancelled,
 )
 from app.logs import request_id
 from app.params import GenerationParams, params_from, task_params
@@ -106,9 +111,27 @@ def _service(request: Request) -> Service:
     return request.app.state.service
 
 
+T = TypeVar("T")
+DISCONNECT_POLL_S = 0.25
+
+
+async def _until_done_or_gone(request: Request, work: Callable[[threading.Event], T]) -> T:
+    """Run `work(cancelled)` in a worker thread; if the client hangs up first, set `cancelled`,
+    so that its place in the model's queue is freed."""
+    cancelled = threading.Event()
+    task = asyncio.ensure_future(run_in_threadpool(work, cancelled))
+    while not task.done():
+        await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+        if not task.done() and await request.is_disconnected():
+            cancelled.set()
+            break
+    return await task
+
+
 @router.post("/augment")
-def augment(body: AugmentRequest, request: Request) -> dict:
-    result = _service(request).augment([body.text], body.params(), engine=body.engine, field_name="text")
+async def augment(body: AugmentRequest, request: Request) -> dict:
+    result = await _until_done_or_gone(request, lambda cancelled: _service(request).augment(
+        [body.text], body.params(), engine=body.engine, field_name="text", cancelled=cancelled))
     variants = result.variants[0]
     return {
         "original": body.text,
@@ -121,8 +144,9 @@ def augment(body: AugmentRequest, request: Request) -> dict:
 
 
 @router.post("/augment_batch")
-def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
-    result = _service(request).augment(body.texts, body.params(), engine=body.engine, field_name="texts")
+async def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
+    result = await _until_done_or_gone(request, lambda cancelled: _service(request).augment(
+        body.texts, body.params(), engine=body.engine, field_name="texts", cancelled=cancelled))
     return {
         "results": [
             {"original": original, "augmented_texts": variants}
@@ -136,15 +160,17 @@ def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
 
 
 @router.post("/classify")
-def classify(body: ClassifyRequest, request: Request) -> dict:
-    result = _service(request).classify([body.text], body.labels, field_name="text", **body.options())
+async def classify(body: ClassifyRequest, request: Request) -> dict:
+    result = await _until_done_or_gone(request, lambda cancelled: _service(request).classify(
+        [body.text], body.labels, field_name="text", cancelled=cancelled, **body.options()))
     return {**result.items[0].as_dict(), "engine": result.engine, "request_id": request_id.get(),
             "elapsed_ms": round(result.elapsed_ms, 1)}
 
 
 @router.post("/classify_batch")
-def classify_batch(body: ClassifyBatchRequest, request: Request) -> dict:
-    result = _service(request).classify(body.texts, body.labels, field_name="texts", **body.options())
+async def classify_batch(body: ClassifyBatchRequest, request: Request) -> dict:
+    result = await _until_done_or_gone(request, lambda cancelled: _service(request).classify(
+        body.texts, body.labels, field_name="texts", cancelled=cancelled, **body.options()))
     return {
         "results": [{"text": text, **item.as_dict()} for text, item in zip(result.texts, result.items)],
         "labels": result.labels,
@@ -155,9 +181,10 @@ def classify_batch(body: ClassifyBatchRequest, request: Request) -> dict:
 
 
 @router.post("/generate")
-def generate(body: GenerateRequest, request: Request) -> dict:
+async def generate(body: GenerateRequest, request: Request) -> dict:
     params = task_params(body.model_dump())
-    result = _service(request).run_task(body.task, body.model_extra or {}, params, engine=body.engine)
+    result = await _until_done_or_gone(request, lambda cancelled: _service(request).run_task(
+        body.task, body.model_extra or {}, params, engine=body.engine, cancelled=cancelled))
     return {
         "task": result.task,
         "prompt": result.prompt,
@@ -188,7 +215,9 @@ def readyz(request: Request) -> UTF8JSONResponse:
 
 
 def error_response(error: DppError) -> UTF8JSONResponse:
-    return UTF8JSONResponse({"error": error.body(), "request_id": request_id.get()}, status_code=error.status)
+    retry_after = getattr(error, "retry_after", None)
+    return UTF8JSONResponse({"error": error.body(), "request_id": request_id.get()}, status_code=error.status,
+                            headers={"Retry-After": str(retry_after)} if retry_after else None)
 
 
 def _field_name(loc: tuple) -> str | None:
@@ -221,7 +250,9 @@ def _from_validation(exc: RequestValidationError) -> DppError:
 
 
 async def _on_dpp_error(request: Request, exc: DppError) -> UTF8JSONResponse:
-    if exc.status >= 500:
+    if isinstance(exc, RequestCancelled):
+        log.info("%s %s: the client hung up; its request left the queue", request.method, request.url.path)
+    elif exc.status >= 500:
         level = logging.ERROR if exc.status == 500 else logging.WARNING
         log.log(level, "%s %s answered %d (%s): %s", request.method, request.url.path, exc.status,
                 type(exc).__name__, exc.message)

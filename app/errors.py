@@ -68,6 +68,22 @@ class NeedsMT5(DppError):
     status, code = 503, "needs_mt5"
 
 
+class Overloaded(DppError):
+    """The queue for the model is full; the client should come back after `retry_after` seconds."""
+
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestCancelled(DppError):
+    """The client hung up; nobody reads this answer (499, as nginx logs it)."""
+
+    status, code = 499, "cancelled"
+
+
 class RequestTimeout(DppError):
     status, code = 504, "timeout"
 

@@ -11,7 +11,7 @@ import gradio as gr
 from fastapi import FastAPI
 
 from app import api, ui
-from app.engines import load_engine
+from app.engines import engines_to_load, load_engine
 from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
@@ -25,7 +25,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaders = {name: functools.partial(load_engine, settings, name) for name in settings.engines_to_load}
+        loaders = {name: functools.partial(load_engine, settings, name) for name in engines_to_load(settings)}
         loader = threading.Thread(target=service.load, args=(loaders,), name="dpp-engine-load", daemon=True)
         loader.start()
         yield

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from app.batcher import Batcher, Ticket
 from app.engines import Engine
 from app.errors import (
     BatchTooLarge,
@@ -21,7 +21,6 @@ from app.errors import (
     ModelUnavailable,
     NeedsMT5,
     NotReady,
-    RequestTimeout,
     TextEmpty,
     TextTooLong,
 )
@@ -128,10 +127,10 @@ class Service:
         self._engines: dict[str, Engine] = {}
         self._unavailable: dict[str, str] = {}
         self._readiness = Readiness(False, "loading", "模型加载中，请稍候")
-        # One call at a time per engine: mT5 sampling seeds torch's global generator, and a CPU has
-        # no spare cores for a second call. Engines do not wait for each other. Batching across
-        # requests comes with the dynamic batcher.
-        self._engine_locks: dict[str, threading.Lock] = {}
+        # One worker per engine makes every call to it, one at a time (mT5 sampling seeds torch's
+        # global generator, and a CPU has no spare cores for a second call), and joins concurrent
+        # requests into shared calls. Engines do not wait for each other.
+        self._batchers: dict[str, Batcher] = {}
 
     def load(self, loaders: dict[str, Callable[[], Engine]]) -> None:
         """Load engines in order of preference; the first that loads serves by default.
@@ -149,7 +148,12 @@ class Service:
             except Exception as exc:  # noqa: BLE001 - any load failure must leave a serving process
                 log.exception("engine %s failed to load", name)
                 unavailable[name] = f"加载失败：{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        self._engine_locks = {name: threading.Lock() for name in engines}
+        settings = self.settings
+        self._batchers = {
+            name: Batcher(engine, max_items=settings.max_batch_size, max_wait_s=settings.batch_wait_ms / 1000,
+                          max_queue=settings.max_queue, coalesce=not settings.no_coalescing)
+            for name, engine in engines.items()
+        }
         self._engines, self._unavailable = engines, unavailable
         if not engines:
             self._readiness = Readiness(False, "unavailable", "；".join(unavailable.values()))
@@ -230,10 +234,16 @@ class Service:
             raise NeedsMT5(f"{what}需要 mT5 模型权重；当前引擎 {engine.name} 只能做同义词替换"
                            "（见 README「安装模型权重」）")
 
+    def _ticket(self, started: float, cancelled: threading.Event | None) -> Ticket:
+        return Ticket(started + self.settings.request_timeout_s, cancelled or threading.Event())
+
     def augment(self, texts: list[str], params: GenerationParams, *, engine: str | None = None,
-                field_name: str = "texts") -> AugmentResult:
-        """Return up to `num_return_sequences` distinct variants per text, in input order."""
+                field_name: str = "texts", cancelled: threading.Event | None = None) -> AugmentResult:
+        """Return up to `num_return_sequences` distinct variants per text, in input order.
+
+        `cancelled`, once set (the client hung up), ends the request at its next engine call."""
         started = time.monotonic()
+        ticket = self._ticket(started, cancelled)
         clean = self.check_texts(texts, field_name)
         chosen = self._ready_engine(engine)
         if chosen.wants_raw_text:
@@ -242,7 +252,7 @@ class Service:
             prompts = [self._templates.render("augment", text=text) for text in clean]
         # A copy of the input is no variant.
         seen = [{_same_text_key(text)} for text in clean]
-        variants = self._distinct_outputs(chosen, prompts, seen, params, started)
+        variants = self._distinct_outputs(chosen, prompts, seen, params, ticket)
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("augment engine=%s items=%d variants=%d ms=%.0f params=%s",
                  chosen.name, len(texts), sum(map(len, variants)), elapsed_ms, params.as_log())
@@ -251,7 +261,7 @@ class Service:
 
     def classify(self, texts: list[str], labels: str | list[str], *, mode: str = "constrained",
                  multi_label: bool = False, threshold: float | None = None, engine: str | None = None,
-                 field_name: str = "texts") -> ClassifyResult:
+                 field_name: str = "texts", cancelled: threading.Event | None = None) -> ClassifyResult:
         """Classify each text into the candidate labels, in input order.
 
         constrained: every label's whole token sequence is scored under the classification prompt
@@ -261,6 +271,7 @@ class Service:
         probability reaches the threshold is returned. generate: the model's free greedy answer.
         """
         started = time.monotonic()
+        ticket = self._ticket(started, cancelled)
         if mode not in MODES:
             raise InvalidParameter(f"mode 只能是 constrained 或 generate（收到 {str(mode)[:40]!r}）", field="mode")
         if threshold is None:
@@ -274,44 +285,42 @@ class Service:
         joined = ",".join(candidates)
         prompts = [self._templates.render("classification", labels=joined, text=text) for text in clean]
         if mode == "generate":
-            items = self._classify_by_generation(chosen, prompts, candidates, multi_label, started)
+            items = self._classify_by_generation(chosen, prompts, candidates, multi_label, ticket)
         elif multi_label:
-            items = [self._classify_each_label(chosen, text, candidates, threshold, started) for text in clean]
+            items = [self._classify_each_label(chosen, text, candidates, threshold, ticket) for text in clean]
         else:
-            items = [self._classify_constrained(chosen, prompt, candidates, started) for prompt in prompts]
+            items = [self._classify_constrained(chosen, prompt, candidates, ticket) for prompt in prompts]
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("classify engine=%s mode=%s multi_label=%s items=%d labels=%d ms=%.0f",
                  chosen.name, mode, multi_label, len(clean), len(candidates), elapsed_ms)
         log.debug("classify texts=%s labels=%s answers=%s", clean, candidates, [item.label for item in items])
         return ClassifyResult(list(texts), candidates, items, chosen.name, elapsed_ms)
 
-    def _scores(self, engine: Engine, prompt: str, labels: list[str], started: float) -> dict[str, float]:
-        with self._engine_turn(engine, started):
-            logprobs = engine.score(prompt, labels)
+    def _scores(self, engine: Engine, prompt: str, labels: list[str], ticket: Ticket) -> dict[str, float]:
+        logprobs = self._batchers[engine.name].call(lambda e: e.score(prompt, labels), ticket)
         if len(logprobs) != len(labels):
             raise EngineContractError(engine.name, len(labels), len(logprobs))
         return dict(zip(labels, softmax(logprobs)))
 
-    def _classify_constrained(self, engine: Engine, prompt: str, labels: list[str],
-                              started: float) -> Classification:
-        scores = self._scores(engine, prompt, labels, started)
+    def _classify_constrained(self, engine: Engine, prompt: str, labels: list[str], ticket: Ticket) -> Classification:
+        scores = self._scores(engine, prompt, labels, ticket)
         return Classification(max(scores, key=scores.__getitem__), scores, None, True)
 
     def _classify_each_label(self, engine: Engine, text: str, labels: list[str], threshold: float,
-                             started: float) -> Classification:
+                             ticket: Ticket) -> Classification:
         own = {}
         for label in labels:
             partner = next(p for p in PARTNER_LABELS if p != label)
             prompt = self._templates.render("classification", labels=f"{label},{partner}", text=text)
-            own[label] = self._scores(engine, prompt, [label, partner], started)[label]
+            own[label] = self._scores(engine, prompt, [label, partner], ticket)[label]
         passed = sorted((label for label in labels if own[label] >= threshold), key=own.__getitem__, reverse=True)
         return Classification(max(own, key=own.__getitem__), own, None, True, passed)
 
     def _classify_by_generation(self, engine: Engine, prompts: list[str], labels: list[str], multi_label: bool,
-                                started: float) -> list[Classification]:
+                                ticket: Ticket) -> list[Classification]:
         greedy = GenerationParams(do_sample=False, num_return_sequences=1, max_length=CLASSIFY_GENERATE_TOKENS)
         items = []
-        for outputs in self._generate(engine, prompts, greedy, started):
+        for outputs in self._generate(engine, prompts, greedy, ticket):
             raw = _clean(outputs[0]) if outputs else ""
             hits, only_labels = match_labels(raw, labels, multi_label)
             label = hits[0] if hits else None
@@ -324,10 +333,11 @@ class Service:
         return self._templates.generation_tasks()
 
     def run_task(self, task: str, fields: dict[str, object], params: GenerationParams, *,
-                 engine: str | None = None) -> TaskResult:
+                 engine: str | None = None, cancelled: threading.Event | None = None) -> TaskResult:
         """Build the task's prompt from its fields and answer it: scored tasks pick one of their
         labels, the others return up to `num_return_sequences` distinct generated outputs."""
         started = time.monotonic()
+        ticket = self._ticket(started, cancelled)
         spec = self._task(task)
         values = self._task_fields(spec, fields)
         chosen = self._ready_engine(engine)
@@ -335,10 +345,10 @@ class Service:
         prompt = self._templates.render(spec.name, **values)
         scores = None
         if spec.scored:
-            scores = self._scores(chosen, prompt, list(spec.labels), started)
+            scores = self._scores(chosen, prompt, list(spec.labels), ticket)
             outputs = [max(scores, key=scores.__getitem__)]
         else:
-            outputs = self._distinct_outputs(chosen, [prompt], [set()], params, started)[0]
+            outputs = self._distinct_outputs(chosen, [prompt], [set()], params, ticket)[0]
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("generate task=%s engine=%s outputs=%d ms=%.0f params=%s",
                  spec.name, chosen.name, len(outputs), elapsed_ms, params.as_log())
@@ -367,7 +377,7 @@ class Service:
         return values
 
     def _distinct_outputs(self, engine: Engine, prompts: list[str], seen: list[set[str]],
-                          params: GenerationParams, started: float) -> list[list[str]]:
+                          params: GenerationParams, ticket: Ticket) -> list[list[str]]:
         """Sample, drop empty outputs, repeats and those in `seen`, and sample again if short."""
         want = params.num_return_sequences
         outputs: list[list[str]] = [[] for _ in prompts]
@@ -375,7 +385,7 @@ class Service:
         pending = list(range(len(prompts)))
         round_params = params
         for round_index in range(self.settings.resample_rounds + 1):
-            answers = self._generate(engine, [prompts[i] for i in pending], round_params, started)
+            answers = self._generate(engine, [prompts[i] for i in pending], round_params, ticket)
             for i, candidates in zip(pending, answers):
                 for candidate in map(_clean, candidates):
                     key = _same_text_key(candidate)
@@ -392,27 +402,11 @@ class Service:
             )
         return outputs
 
-    @contextlib.contextmanager
-    def _engine_turn(self, engine: Engine, started: float) -> Iterator[None]:
-        """Hold the engine's lock, waiting no longer than what is left of the request's time."""
-        lock = self._engine_locks[engine.name]
-        wait = started + self.settings.request_timeout_s - time.monotonic()
-        if wait <= 0 or not lock.acquire(timeout=wait):
-            raise RequestTimeout(f"等待模型超过 {self.settings.request_timeout_s:.0f} 秒，请稍后重试")
-        try:
-            yield
-        finally:
-            lock.release()
-
     def _generate(self, engine: Engine, prompts: list[str], params: GenerationParams,
-                  started: float) -> list[list[str]]:
+                  ticket: Ticket) -> list[list[str]]:
         size = self.settings.max_batch_size
+        batcher = self._batchers[engine.name]
         outputs: list[list[str]] = []
         for start in range(0, len(prompts), size):
-            chunk = prompts[start:start + size]
-            with self._engine_turn(engine, started):
-                answer = engine.generate(chunk, params)
-            if len(answer) != len(chunk):
-                raise EngineContractError(engine.name, len(chunk), len(answer))
-            outputs.extend(answer)
+            outputs.extend(batcher.generate(prompts[start:start + size], params, ticket))
         return outputs

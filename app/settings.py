@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "damo/nlp_mt5_zero-shot-augment_chinese-base"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ENGINES = ("mt5", "lexical")  # in order of preference
+ENGINES = ("mt5", "mt5-ct2", "lexical")
+CT2_DIR_NAME = "ctranslate2"  # where `python -m bundle.convert --ct2` puts the CTranslate2 model
 ENGINE_CHOICES = ("auto", *ENGINES)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -33,7 +34,8 @@ class Settings:
         ROOT / "models" / "nlp_mt5_zero-shot-augment_chinese-base",
         "local model directory (ModelScope or Hugging Face layout)",
     )
-    engine: str = _opt("auto", "auto (mT5 when its weights load, else lexical), mt5 or lexical")
+    engine: str = _opt("auto", "auto (mt5-ct2 on CPU when converted, else mt5; lexical besides), mt5, mt5-ct2 "
+                               "or lexical")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     cpu_only: bool = _opt(False, "never use a GPU (same as --device cpu)")
     dtype: str = _opt("auto", "compute dtype: auto, float32, bfloat16, float16")
@@ -54,7 +56,10 @@ class Settings:
     )
     max_body_bytes: int = _opt(1_048_576, "largest accepted request body, in bytes")
     max_input_tokens: int = _opt(512, "prompt tokens kept; longer prompts are truncated")
-    max_batch_size: int = _opt(16, "most prompts in one engine call")
+    max_batch_size: int = _opt(16, "most prompts in one engine call, across the requests it serves")
+    batch_wait_ms: float = _opt(5.0, "longest wait for concurrent requests to join a short engine call")
+    max_queue: int = _opt(64, "most requests waiting for the model; more get a 503 with Retry-After")
+    no_coalescing: bool = _opt(False, "run every request in its own engine calls (turns dynamic batching off)")
     resample_rounds: int = _opt(2, "extra sampling rounds to reach the requested distinct variants")
     request_timeout_s: float = _opt(300.0, "longest wait for the engine before a 504")
     ui_concurrency: int = _opt(8, "UI and Gradio API events that may run at once")
@@ -71,7 +76,7 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
-                     "max_input_tokens", "max_batch_size", "ui_concurrency"):
+                     "max_input_tokens", "max_batch_size", "max_queue", "ui_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_labels < 2:
@@ -80,6 +85,8 @@ class Settings:
             raise SettingsError(f"multi_label_threshold must be between 0 and 1, got {self.multi_label_threshold}")
         if self.resample_rounds < 0:
             raise SettingsError(f"resample_rounds must be 0 or more, got {self.resample_rounds}")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise SettingsError(f"batch_wait_ms must be 0-1000, got {self.batch_wait_ms}")
         if self.request_timeout_s <= 0:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
 
@@ -88,8 +95,8 @@ class Settings:
         return "cpu" if self.cpu_only else self.device
 
     @property
-    def engines_to_load(self) -> tuple[str, ...]:
-        return ENGINES if self.engine == "auto" else (self.engine,)
+    def ct2_dir(self) -> Path:
+        return self.model_dir / CT2_DIR_NAME
 
 
 def setting_fields() -> list[Any]:

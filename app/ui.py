@@ -104,7 +104,7 @@ def status_line(found: int, wanted: int, engine: str, elapsed_ms: float) -> str:
     return line
 
 
-ENGINE_LABELS = {"mt5": "mT5 模型", "lexical": "同义词替换（无需模型权重）"}
+ENGINE_LABELS = {"mt5": "mT5 模型", "mt5-ct2": "mT5 模型（CTranslate2 加速）", "lexical": "同义词替换（无需模型权重）"}
 
 
 def banner(service: Service) -> str:

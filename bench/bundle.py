@@ -13,7 +13,6 @@ this machine. Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import statistics
@@ -26,7 +25,7 @@ from pathlib import Path
 import requests
 
 from bench.base_model import build_base_model
-from bench.machine import describe
+from bench.machine import describe, emit
 from bundle.build import MODEL_SUBDIR
 from tests.conftest import free_port, launcher_tools
 
@@ -154,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(report, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", "utf-8")
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ Prints JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -40,7 +39,7 @@ from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
 from bench.base_model import build_base_model
-from bench.machine import describe
+from bench.machine import describe, emit, run_interleaved
 
 LABELS = ["物流", "价格", "质量", "客服", "包装", "外观", "退换货", "功能", "尺码", "味道"]
 TEXTS = [
@@ -102,16 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_label_at_a_time": lambda text: [engine.score(prompts[text], [label]) for label in LABELS],
     }
 
-    names = list(arms)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_number in range(args.rounds + 1):  # round 0 warms up, untimed
-        for index, text in enumerate(TEXTS):
-            shift = (round_number + index) % len(names)  # each arm runs first, second... in turn
-            for name in names[shift:] + names[:shift]:
-                started = time.perf_counter()
-                arms[name](text)
-                if round_number:
-                    times[name].append((time.perf_counter() - started) * 1000)
+    times = run_interleaved(arms, TEXTS, args.rounds)
 
     arm_stats = {name: summary(values) for name, values in times.items()}
     median = {name: stats["median_ms"] for name, stats in arm_stats.items()}
@@ -141,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 "request); the arms ran interleaved in one run, so read the ratios of medians. Token "
                 "counts come from the checkpoint's test tokenizer, not the real mT5 vocabulary.",
     }
-    text = json.dumps(report, ensure_ascii=False, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n", "utf-8")
-    return 0
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

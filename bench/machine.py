@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -16,3 +19,28 @@ def describe() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
+
+
+def run_interleaved(arms: dict[str, Callable[[str], object]], inputs: list[str], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each arm on each input, over `rounds` timed rounds after an untimed
+    warm-up round. Within a round the arms take turns going first, so none owns a quiet moment."""
+    names = list(arms)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_number in range(rounds + 1):
+        for index, item in enumerate(inputs):
+            shift = (round_number + index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                started = time.perf_counter()
+                arms[name](item)
+                if round_number:
+                    times[name].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def emit(report: dict, out: Path | None) -> int:
+    """Print the report as JSON, and write it to `out` too when given."""
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n", "utf-8")
+    return 0

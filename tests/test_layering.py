@@ -39,4 +39,4 @@ def test_service_is_the_only_way_to_an_engine():
 
 
 def test_engines_package_exports_the_protocol_and_the_loader_only():
-    assert app.engines.__all__ == ["Engine", "load_engine"]
+    assert app.engines.__all__ == ["Engine", "engines_to_load", "load_engine"]

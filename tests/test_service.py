@@ -1,6 +1,7 @@
 """The service: validation against limits, post-processing, resampling, readiness and timeouts."""
 
 import threading
+import time
 
 import pytest
 
@@ -165,15 +166,33 @@ def test_asking_for_an_engine_that_is_not_loaded_is_a_clear_422():
     assert caught.value.status == 422 and caught.value.field == "engine"
 
 
+def _busy(engine_class=None):
+    """An engine double whose generate waits until the returned gate opens."""
+    gate = threading.Event()
+    engine = (engine_class or ScriptedEngine)(lambda prompts, p: gate.wait(10) and [["x"]] * len(prompts))
+    return engine, gate
+
+
+def _occupy(service, **kwargs):
+    """Start a request that holds the engine; returns its thread."""
+    thread = threading.Thread(target=lambda: pytest.raises(Exception, service.augment, ["先到"],
+                                                             GenerationParams(), **kwargs), daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    return thread
+
+
 def test_a_request_that_cannot_reach_the_engine_in_time_gets_a_timeout():
-    service = make_service(ScriptedEngine([["x"]]), request_timeout_s=0.2)
-    service._engine_locks["mt5"].acquire()
+    engine, gate = _busy()
+    service = make_service(engine, request_timeout_s=0.3)
+    _occupy(service)
     try:
+        started = time.monotonic()
         with pytest.raises(RequestTimeout) as caught:
             service.augment(["好"], GenerationParams())
-        assert caught.value.status == 504
+        assert caught.value.status == 504 and time.monotonic() - started < 2
     finally:
-        service._engine_locks["mt5"].release()
+        gate.set()
 
 
 def test_concurrent_requests_each_get_their_own_variants():
@@ -196,12 +215,13 @@ def test_one_engine_busy_never_holds_up_another():
     class LexicalDouble(ScriptedEngine):
         name, wants_raw_text = "lexical", True
 
+    busy, gate = _busy()
     service = make_service(request_timeout_s=0.5)
-    service.load({"mt5": lambda: ScriptedEngine([["x"]]), "lexical": lambda: LexicalDouble([["改写"]])})
-    service._engine_locks["mt5"].acquire()
+    service.load({"mt5": lambda: busy, "lexical": lambda: LexicalDouble([["改写"]])})
+    _occupy(service)
     try:
         assert service.augment(["好"], GenerationParams(), engine="lexical").variants == [["改写"]]
         with pytest.raises(RequestTimeout):
             service.augment(["好"], GenerationParams())
     finally:
-        service._engine_locks["mt5"].release()
+        gate.set()

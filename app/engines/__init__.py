@@ -5,7 +5,30 @@ from __future__ import annotations
 from app.engines.base import Engine
 from app.settings import Settings
 
-__all__ = ["Engine", "load_engine"]
+__all__ = ["Engine", "engines_to_load", "load_engine"]
+
+
+def engines_to_load(settings: Settings) -> tuple[str, ...]:
+    """The engines to load, in order of preference: the first that loads serves by default.
+
+    auto: on CPU the CTranslate2 model when `python -m bundle.convert --ct2` made one, else the
+    transformers engine; the lexical engine besides, for a machine without weights.
+    """
+    if settings.engine != "auto":
+        return (settings.engine,)
+    if (settings.ct2_dir / "model.bin").is_file() and not _cuda_wanted(settings.effective_device):
+        return ("mt5-ct2", "lexical")
+    return ("mt5", "lexical")
+
+
+def _cuda_wanted(device: str) -> bool:
+    if device != "auto":
+        return device.startswith("cuda")
+    try:  # CTranslate2 answers without importing torch
+        import ctranslate2
+    except ImportError:
+        return False
+    return ctranslate2.get_cuda_device_count() > 0
 
 
 def load_engine(settings: Settings, name: str) -> Engine:
@@ -16,6 +39,11 @@ def load_engine(settings: Settings, name: str) -> Engine:
 
         return HFEngine(settings.model_dir, device=settings.effective_device, dtype=settings.dtype,
                         max_input_tokens=settings.max_input_tokens)
+    if name == "mt5-ct2":
+        from app.engines.ct2 import CT2Engine
+
+        device = "cuda" if _cuda_wanted(settings.effective_device) else "cpu"
+        return CT2Engine(settings.ct2_dir, device=device, max_input_tokens=settings.max_input_tokens)
     if name == "lexical":
         from app.engines.lexical import LexicalEngine
         from app.engines.lexicon import LexiconError
