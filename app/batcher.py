@@ -111,7 +111,7 @@ class Batcher:
             while not self._queue:
                 self._ready.wait()
             first = self._queue[0]
-            if first.run is not None or not self._coalesce:
+            if first.key is first or not self._coalesce:  # runs alone: no reason to wait
                 return [self._queue.popleft()]
             until = time.monotonic() + self._max_wait_s
             while True:
