@@ -118,7 +118,8 @@ if [ -f "$ROOT/VERSION" ] && [ -d "$ROOT/python" ]; then
   [ "$verify" = 0 ] || verify_manifest
   use_bundled_python
   if [ "$setup_only" = 1 ]; then
-    echo "Bundle ready: $(version_field app_version), Python $(version_field python), torch $(version_field torch) ($(version_field torch_build))"
+    if [ "$(version_field torch)" = none ]; then runtime="CTranslate2 (no torch)"; else runtime="torch $(version_field torch) ($(version_field torch_build))"; fi
+    echo "Bundle ready: $(version_field app_version), Python $(version_field python), $runtime"
     exit 0
   fi
 else

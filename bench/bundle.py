@@ -1,13 +1,13 @@
 """Size of a CPU bundle of the mT5-base-shaped model, and its time from ./start_dpp.sh to ready.
 
-    .venv/bin/python -m bench.bundle [--rounds 3] [--profile cpu|gpu] [--out bench/results/bundle_cpu.json]
+    .venv/bin/python -m bench.bundle [--rounds 3] [--profile cpu|gpu|cpu-lite] [--out bench/results/bundle_cpu.json]
 
 Builds the bundle as users do (python -m bundle.build, default gzip level), unpacks it, verifies
 it, then starts it ROUNDS times with an empty environment and times ./start_dpp.sh until /readyz
 says ready and until the first short /augment is answered. In the same run and interleaved, the
 checkout's launcher starts on the bundle's own FP16 files (packaging alone) and on the original
 float32 pytorch_model.bin (what a checkout runs today), so the ratios compare like with like on
-this machine. Prints JSON.
+this machine. A cpu-lite bundle (CTranslate2 int8) is compared with the latter only. Prints JSON.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _ratios(medians: dict, ours: str, theirs: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bundle", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", choices=("cpu", "gpu"), default="cpu",
+    parser.add_argument("--profile", choices=("cpu", "gpu", "cpu-lite"), default="cpu",
                         help="which bundle to build (a gpu bundle runs on this machine's CPU here)")
     parser.add_argument("--model-dir", type=Path, help="checkpoint to bundle (default: bench.base_model's)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
                                stdout=subprocess.DEVNULL)
         checkout = ["./start_dpp.sh", "--log-dir", str(work / "logs"), "--model-dir"]
         venv = ROOT / ".venv"
-        arms = {  # the bundle; the checkout on the very same FP16 files; the checkout on the original
-            "bundle_fp16": (bare + ["./start_dpp.sh"], top, [top / "python", top / MODEL_SUBDIR]),
-            "checkout_fp16": (checkout + [str(top / MODEL_SUBDIR)], ROOT, [venv, top / MODEL_SUBDIR]),
-            "checkout_fp32_bin": (checkout + [str(model)], ROOT, [venv, Path(model)]),
-        }
+        # The bundle; the checkout on the very same FP16 files (not for cpu-lite, which has none); the
+        # checkout on the original, as users run it today.
+        ours = "bundle_ct2_int8" if args.profile == "cpu-lite" else "bundle_fp16"
+        arms = {ours: (bare + ["./start_dpp.sh"], top, [top / "python", top / MODEL_SUBDIR])}
+        if args.profile != "cpu-lite":
+            arms["checkout_fp16"] = (checkout + [str(top / MODEL_SUBDIR)], ROOT, [venv, top / MODEL_SUBDIR])
+        arms["checkout_fp32_bin"] = (checkout + [str(model)], ROOT, [venv, Path(model)])
         runs: dict[str, dict[str, list[float]]] = {name: {"ready": [], "first_answer": []} for name in arms}
         names = list(arms)
         for round_number in range(args.rounds):
@@ -138,15 +140,16 @@ def main(argv: list[str] | None = None) -> int:
             "source_checkpoint_bytes": sum(p.stat().st_size for p in Path(model).glob("*.bin")),
             "tarball_bytes": tarball.stat().st_size,
             "unpacked_bytes": unpacked,
-            "model_fp16_bytes": (top / MODEL_SUBDIR / "model.safetensors").stat().st_size,
+            "model_bytes": sum(p.stat().st_size for p in (top / MODEL_SUBDIR).rglob("*") if p.is_file()),
             "build_seconds": round(build_seconds, 1),
             "extract_seconds": round(extract_seconds, 1),
             "verify_seconds": round(verify_seconds, 1),
             "seconds_from_start": runs,
             "median_seconds_from_start": medians,
             # Packaging alone (same weights), then bundle against the checkout as users run it today.
-            "ratio_bundle_vs_checkout_same_fp16_weights": _ratios(medians, "bundle_fp16", "checkout_fp16"),
-            "ratio_bundle_vs_checkout_fp32_bin": _ratios(medians, "bundle_fp16", "checkout_fp32_bin"),
+            **({} if args.profile == "cpu-lite" else {
+                "ratio_bundle_vs_checkout_same_fp16_weights": _ratios(medians, ours, "checkout_fp16")}),
+            "ratio_bundle_vs_checkout_fp32_bin": _ratios(medians, ours, "checkout_fp32_bin"),
             "page_cache": "warm: before each start the arm's interpreter and model files are read once, as "
                           "unpacking leaves them; a first start after a reboot also reads them from disk",
         }

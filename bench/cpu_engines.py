@@ -5,14 +5,18 @@
 Both engines serve the mT5-base-shaped checkpoint of bench.base_model (random weights). The
 CTranslate2 copy is made once with `python -m bundle.convert --ct2` (int8) and cached beside it.
 One request is the issue's unit: one text, 3 sampled variants, 32 new tokens each (forced, since
-random weights never stop). Label scoring (10 labels) is timed too. The arms alternate within
-each round after an untimed warm-up; read the ratios of medians. Peak RSS of a process that
-serves with the CTranslate2 engine alone is measured in a child process.
+random weights never stop). Label scoring (10 labels) is timed too.
+
+Each engine lives in a worker process of its own, as in a server: with torch loaded in the same
+process, CTranslate2 generates at half its speed on this machine. The parent sends the requests
+and alternates the arms within each round after an untimed warm-up; read the ratios of medians.
+Each worker reports its peak RSS (VmHWM) at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -20,35 +24,66 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from app.engines.ct2 import CT2Engine
-from app.engines.hf import HFEngine
-from app.params import GenerationParams
-from bench.base_model import DEFAULT_DIR, build_base_model
-from bench.classify import LABELS, TEXTS
 from bench.machine import describe, emit, run_interleaved
-from bundle.convert import convert_ct2
+from bench.texts import LABELS, TEXTS
 
-CT2_DIR = DEFAULT_DIR.parent / (DEFAULT_DIR.name + "-ct2-int8")
-REQUEST = GenerationParams(num_return_sequences=3, max_length=32, min_new_tokens=32)
-# VmHWM, not ru_maxrss: the latter can carry the parent's peak across fork and exec.
-CHILD = """
-import re, sys
-from pathlib import Path
-from app.engines.ct2 import CT2Engine
-from app.params import GenerationParams
-engine = CT2Engine(Path(sys.argv[1]))
-engine.generate([sys.argv[2]], GenerationParams(num_return_sequences=3, max_length=32, min_new_tokens=32))
-print(int(re.search(r"VmHWM:\\s+(\\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024)
-"""
+ROOT = Path(__file__).resolve().parent.parent
+# bench.base_model's cache, named here so that the CTranslate2 worker need not import it (it imports
+# transformers and torch, which the worker's peak RSS must not count).
+CT2_DIR = ROOT / "bench" / ".cache" / "mt5-base-random-ct2-int8"
+PROMPT = "文本分类。\n候选标签：" + ",".join(LABELS) + "。\n文本内容：{}"
+ENGINES = {"transformers_float32": "mt5", "ctranslate2_int8": "mt5-ct2"}
 
 
-def peak_rss_ct2(text: str) -> int:
-    root = Path(__file__).resolve().parent.parent
-    output = subprocess.run([sys.executable, "-c", CHILD, str(CT2_DIR), text], cwd=root, check=True,
-                            capture_output=True, text=True).stdout
-    return int(output.split()[-1])
+def worker(engine_name: str) -> None:
+    """Serve timing requests on stdin ("augment TEXT" / "score TEXT" as JSON) until "rss"."""
+    from app.params import GenerationParams
+
+    request = GenerationParams(num_return_sequences=3, max_length=32, min_new_tokens=32)
+    if engine_name == "mt5":  # torch only in this worker, as in a server on that engine
+        import torch
+
+        from app.engines.hf import HFEngine
+        from bench.base_model import build_base_model
+
+        torch.set_num_threads(len(os.sched_getaffinity(0)))
+        engine = HFEngine(build_base_model(), device="cpu")
+    else:
+        from app.engines.ct2 import CT2Engine
+
+        engine = CT2Engine(CT2_DIR)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        kind, text = json.loads(line)
+        if kind == "rss":
+            status = Path("/proc/self/status").read_text()
+            print(json.dumps({"rss": int(status.split("VmHWM:")[1].split()[0]) * 1024}), flush=True)
+            return
+        started = time.perf_counter()
+        if kind == "augment":
+            engine.generate([text], request)
+        else:
+            engine.score(PROMPT.format(text), LABELS)
+        print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)
+
+
+class Worker:
+    def __init__(self, engine_name: str) -> None:
+        code = f"from bench.cpu_engines import worker; worker({engine_name!r})"
+        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmark worker exited with {self.process.wait()}")
+        return json.loads(line)
+
+    def ask(self, kind: str, text: str = "") -> dict:
+        self.process.stdin.write(json.dumps([kind, text]) + "\n")
+        self.process.stdin.flush()
+        return self._read()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,29 +92,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    threads = len(os.sched_getaffinity(0))
-    torch.set_num_threads(threads)
+    from bench.base_model import build_base_model
+
     model = build_base_model()
     if not (CT2_DIR / "model.bin").is_file():
+        from bundle.convert import convert_ct2
+
         convert_ct2(model, CT2_DIR, quantization="int8", force=True)
-    rss = peak_rss_ct2(TEXTS[0])  # before this process grows
-    engines = {"transformers_float32": HFEngine(model, device="cpu"), "ctranslate2_int8": CT2Engine(CT2_DIR)}
-    prompt = "文本分类。\n候选标签：" + ",".join(LABELS) + "。\n文本内容：{}"
+    workers = {name: Worker(engine) for name, engine in ENGINES.items()}
     arms = {}
-    for name, engine in engines.items():
-        arms[f"{name}/augment"] = lambda text, engine=engine: engine.generate([text], REQUEST)
-        arms[f"{name}/score_10_labels"] = lambda text, engine=engine: engine.score(prompt.format(text), LABELS)
+    for name, process in workers.items():
+        arms[f"{name}/augment"] = lambda text, process=process: process.ask("augment", text)
+        arms[f"{name}/score_10_labels"] = lambda text, process=process: process.ask("score", text)
+    # The workers' own clocks time the calls; the parent's would add the pipe.
+    served: dict[str, list[float]] = {name: [] for name in arms}
+    run_interleaved({name: (lambda text, name=name, arm=arm: served[name].append(arm(text)["ms"]))
+                     for name, arm in arms.items()}, TEXTS, args.rounds)
+    rss = {name: process.ask("rss")["rss"] for name, process in workers.items()}
+    # The first len(TEXTS) answers of each arm are the untimed warm-up round.
+    median = {name: round(statistics.median(values[len(TEXTS):]), 1) for name, values in served.items()}
+    import ctranslate2
+    import torch
 
-    times = run_interleaved(arms, TEXTS, args.rounds)
-
-    median = {name: round(statistics.median(values), 1) for name, values in times.items()}
     report = {
         "benchmark": "cpu_engines: CTranslate2 int8 vs transformers float32, single requests",
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
-        "ctranslate2": __import__("ctranslate2").__version__,
-        "threads": threads,
+        "ctranslate2": ctranslate2.__version__,
+        "threads": len(os.sched_getaffinity(0)),
         "model": "mT5-base-shaped, random weights",
         "request": "1 text, 3 sampled variants x 32 forced new tokens; scoring: 10 labels",
         "texts": len(TEXTS),
@@ -91,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             "score_transformers_over_ctranslate2": round(
                 median["transformers_float32/score_10_labels"] / median["ctranslate2_int8/score_10_labels"], 2),
         },
-        "ctranslate2_alone_peak_rss_bytes": rss,
-        "note": "Random weights: only the time counts. Arms interleaved in one run; read the ratios of medians.",
+        "worker_peak_rss_bytes": rss,
+        "note": "Random weights: only the time counts. One worker process per engine; arms interleaved in one run.",
     }
     return emit(report, args.out)
 

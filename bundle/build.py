@@ -4,7 +4,8 @@
 
 The tarball holds, under one folder: this machine's Python (interpreter, libpython, standard
 library and the shared libraries they need beyond glibc), the packages of requirements.lock,
-the weights as FP16 safetensors, the app, start_dpp.sh, VERSION and MANIFEST.
+the weights as FP16 safetensors, the app, start_dpp.sh, VERSION and MANIFEST. The cpu-lite
+profile carries the CTranslate2 int8 model instead, and the lock without torch and transformers.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 
 from app.engines.model_files import inspect_model_dir
 from app.errors import ModelUnavailable
-from app.settings import MODEL_ID, ROOT, Settings
-from bundle.convert import ConvertError, convert
+from app.settings import CT2_DIR_NAME, MODEL_ID, ROOT, Settings
+from bundle.convert import ConvertError, convert, convert_ct2
 from bundle.fetch import connect_failure
 from bundle.progress import Progress, human_size
 
-PROFILES = ("cpu", "gpu")
+PROFILES = ("cpu", "gpu", "cpu-lite")
+# cpu-lite serves with CTranslate2 only: no torch, and no package that only torch or transformers needs.
+LITE_LEAVES_OUT = ("torch", "sympy", "mpmath", "networkx", "transformers", "safetensors", "regex")
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 APP_FILES = ("app", "webui.py", "start_dpp.sh", "requirements.lock", "README.md", "pyproject.toml")
 MODEL_SUBDIR = Settings().model_dir.relative_to(ROOT)
@@ -177,9 +180,18 @@ def torch_build(site: Path) -> str:
     return "cpu" if value == "None" else f"cuda{value}"
 
 
+def _package(line: str) -> str:
+    return re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0].lower().replace("_", "-")
+
+
 def install_packages(site: Path, profile: str, torch_index: str | None, pip_args: list[str]) -> tuple[str, str]:
-    """Install requirements.lock (and, for gpu, bundle/gpu.lock) into `site`; return torch version and build."""
+    """Install requirements.lock (and, for gpu, bundle/gpu.lock) into `site`; return torch version and build
+    ("none" for cpu-lite, which installs the lock without LITE_LEAVES_OUT)."""
     lines = _lock_lines(ROOT / "requirements.lock")
+    if profile == "cpu-lite":
+        _pip([line for line in lines if _package(line) not in LITE_LEAVES_OUT], site, "install packages",
+             list(pip_args))
+        return "none", "none"
     torch_pins = [line for line in lines if re.match(r"torch==", line)]
     if len(torch_pins) != 1:
         raise BuildError("requirements.lock must pin torch exactly once (torch==X.Y.Z)")
@@ -239,13 +251,17 @@ def bundled_env(top: Path) -> dict[str, str]:
             "LD_LIBRARY_PATH": str(top / "python" / "lib"), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
 
 
-def smoke_test(top: Path) -> None:
+def smoke_test(top: Path, profile: str) -> None:
     """Compile the app and import everything the server needs, with the bundled interpreter only."""
     python = str(top / "python" / "bin" / "python3")
     env = bundled_env(top)
     subprocess.run([python, "-m", "compileall", "-q", "-j", "0", "app", "webui.py"], cwd=top, env=env, check=True)
-    check = ("import sys, torch, transformers, gradio, app.server; "
-             "assert sys.prefix == sys.argv[1], sys.prefix; print(torch.__version__)")
+    if profile == "cpu-lite":
+        check = ("import sys, importlib.util, ctranslate2, tokenizers, gradio, app.server, app.engines.ct2; "
+                 "assert sys.prefix == sys.argv[1], sys.prefix; assert importlib.util.find_spec('torch') is None")
+    else:
+        check = ("import sys, torch, transformers, gradio, app.server; "
+                 "assert sys.prefix == sys.argv[1], sys.prefix; print(torch.__version__)")
     result = subprocess.run([python, "-c", check, str(top / "python")], cwd=top, env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -339,13 +355,16 @@ def build(args: argparse.Namespace) -> Path:
         carried = carry_shared_libraries(top / "python")
         say(f"carried {len(carried)} shared libraries: {', '.join(carried) or 'none'}")
         copy_app(top)
-        convert(args.model_dir, top / MODEL_SUBDIR)
-        smoke_test(top)
+        if args.profile == "cpu-lite":
+            convert_ct2(args.model_dir, top / MODEL_SUBDIR / CT2_DIR_NAME, quantization="int8")
+        else:
+            convert(args.model_dir, top / MODEL_SUBDIR)
+        smoke_test(top, args.profile)
         write_version(top, {
             "app_version": app_version(), "python": python_version, "torch": torch_version, "torch_build": built,
             "profile": args.profile, "glibc": glibc, "arch": arch,
             "build_date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "model_id": args.model_id, "model_dtype": "float16",
+            "model_id": args.model_id, "model_dtype": "int8-ctranslate2" if args.profile == "cpu-lite" else "float16",
         })
         write_manifest(top)
         compress(top, tarball, args.compress_level)
@@ -366,8 +385,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True,
                    help="local model directory (ModelScope or Hugging Face layout; see python -m bundle.fetch)")
     p.add_argument("--profile", choices=PROFILES, required=True,
-                   help="which torch the bundle carries: cpu (small, runs anywhere) or gpu (CUDA 13, NVIDIA "
-                        "driver 580+)")
+                   help="what the bundle runs on: cpu (CPU torch, FP16 weights; runs anywhere), gpu (CUDA 13 "
+                        "torch, NVIDIA driver 580+) or cpu-lite (CTranslate2 int8 weights and no torch: smallest "
+                        "and fastest on CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "dist",
                    help="a folder for the tarball, or a path ending in .tar.gz (default: dist/)")
     p.add_argument("--name", help="top folder and tarball name (default: dpp-VERSION-PROFILE-linux-ARCH)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from app.engines.model_files import inspect_model_dir
 from app.errors import ModelUnavailable
+from app.settings import CT2_DIR_NAME
 from bundle.progress import Progress, human_size
 
 # Files that hold weights (any framework); everything else at the top of the directory is copied.
@@ -40,7 +41,6 @@ PROBE_TOKENS = 24
 # (about 0.05%); through 24 layers this grows to well under 1% of the logit range.
 FP16_ATOL = 0.05
 FP16_RTOL = 0.01
-CT2_DIR_NAME = "ctranslate2"
 CT2_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16",
                      "float32")
 
