@@ -38,12 +38,10 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-@pytest.fixture(scope="module")
-def built(tiny_models, tmp_path_factory):
-    """The tiny ModelScope checkpoint (pytorch_model.bin) packed as users pack the real one."""
-    out = tmp_path_factory.mktemp("dist")
+def build_bundle(model_dir: Path, profile: str, out: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    """Run bundle.build as users do (gzip level 1, for speed); return the one tarball and the run."""
     result = subprocess.run(
-        [sys.executable, "-m", "bundle.build", "--model-dir", str(tiny_models["modelscope"]), "--profile", "cpu",
+        [sys.executable, "-m", "bundle.build", "--model-dir", str(model_dir), "--profile", profile,
          "--out", str(out), "--compress-level", "1"],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
     )
@@ -51,6 +49,12 @@ def built(tiny_models, tmp_path_factory):
     tarballs = list(out.glob("*.tar.gz"))
     assert len(tarballs) == 1 and not list(out.glob(".*")), list(out.iterdir())
     return tarballs[0], result
+
+
+@pytest.fixture(scope="module")
+def built(tiny_models, tmp_path_factory):
+    """The tiny ModelScope checkpoint (pytorch_model.bin) packed as users pack the real one."""
+    return build_bundle(tiny_models["modelscope"], "cpu", tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture(scope="module")

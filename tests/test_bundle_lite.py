@@ -3,29 +3,21 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
 from bundle.build import LITE_LEAVES_OUT
-from tests.conftest import ROOT, free_port, launcher_tools
-from tests.test_bundle import _normal, launcher, version_fields
+from tests.conftest import free_port, launcher_tools
+from tests.test_bundle import _normal, build_bundle, launcher, version_fields
 
 pytestmark = pytest.mark.bundle
 
 
 @pytest.fixture(scope="module")
 def lite(tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist-lite")
-    result = subprocess.run(
-        [sys.executable, "-m", "bundle.build", "--model-dir", str(tiny_models["modelscope"]), "--profile", "cpu-lite",
-         "--out", str(out), "--compress-level", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-5000:]
-    (tarball,) = out.glob("*.tar.gz")
+    tarball, _ = build_bundle(tiny_models["modelscope"], "cpu-lite", tmp_path_factory.mktemp("dist-lite"))
     assert "-cpu-lite-linux-" in tarball.name
     target = tmp_path_factory.mktemp("target-lite")
     subprocess.run(["tar", "-xzf", str(tarball)], cwd=target, check=True)
