@@ -233,9 +233,13 @@ def on_classify(service: Service, text, labels, mode, multi_label, threshold):
     return shown, classify_status(result, threshold)
 
 
+def _served_task(service: Service, name: str | None):
+    return next((task for task in service.tasks() if task.name == name), None)
+
+
 def task_field_updates(service: Service, task: str, names: list[str]):
     """Show the boxes the chosen task needs, hide the others, and say how it is answered."""
-    spec = next((t for t in service.tasks() if t.name == task), None)
+    spec = _served_task(service, task)
     needed = spec.fields if spec else ()
     boxes = [gr.Textbox(visible=name in needed) for name in names]
     if spec is None:
@@ -248,7 +252,7 @@ def task_field_updates(service: Service, task: str, names: list[str]):
 @_shown_in_page
 def on_task(service: Service, names: list[str], task, sample, *values):
     fields, (n, temperature, max_length, top_k, top_p, seed) = values[:len(names)], values[len(names):]
-    spec = next((t for t in service.tasks() if t.name == task), None)
+    spec = _served_task(service, task)
     wanted = {name: value or "" for name, value in zip(names, fields) if spec and name in spec.fields}
     if sample:
         params = ui_params(n, max_length, temperature, top_k, top_p, seed)

@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.machine import describe, emit, run_interleaved
+from bench.machine import describe, emit, peak_rss, run_interleaved
 from bench.texts import LABELS, TEXTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 CT2_DIR = ROOT / "bench" / ".cache" / "mt5-base-random-ct2-int8"
 PROMPT = "文本分类。\n候选标签：" + ",".join(LABELS) + "。\n文本内容：{}"
 ENGINES = {"transformers_float32": "mt5", "ctranslate2_int8": "mt5-ct2"}
+
+
+def base_model_and_ct2() -> Path:
+    """The mT5-base-shaped checkpoint, with its CTranslate2 int8 copy at CT2_DIR made once."""
+    from bench.base_model import build_base_model
+    from bundle.convert import convert_ct2
+
+    model = build_base_model()
+    if not (CT2_DIR / "model.bin").is_file():
+        convert_ct2(model, CT2_DIR, quantization="int8", force=True)
+    return model
 
 
 def worker(engine_name: str) -> None:
@@ -56,8 +67,7 @@ def worker(engine_name: str) -> None:
     for line in sys.stdin:
         kind, text = json.loads(line)
         if kind == "rss":
-            status = Path("/proc/self/status").read_text()
-            print(json.dumps({"rss": int(status.split("VmHWM:")[1].split()[0]) * 1024}), flush=True)
+            print(json.dumps({"rss": peak_rss()}), flush=True)
             return
         started = time.perf_counter()
         if kind == "augment":
@@ -92,13 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    from bench.base_model import build_base_model
-
-    model = build_base_model()
-    if not (CT2_DIR / "model.bin").is_file():
-        from bundle.convert import convert_ct2
-
-        convert_ct2(model, CT2_DIR, quantization="int8", force=True)
+    base_model_and_ct2()
     workers = {name: Worker(engine) for name, engine in ENGINES.items()}
     arms = {}
     for name, process in workers.items():

@@ -21,6 +21,15 @@ def describe() -> str:
     return f"{model}, {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}"
 
 
+def peak_rss(pid: int | str = "self") -> int:
+    """Peak resident set size (VmHWM) of a process, in bytes. Not ru_maxrss, which a child can inherit
+    from its parent's peak across fork and exec."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def run_interleaved(arms: dict[str, Callable[[str], object]], inputs: list[str], rounds: int) -> dict[str, list[float]]:
     """Milliseconds per call of each arm on each input, over `rounds` timed rounds after an untimed
     warm-up round. Within a round the arms take turns going first, so none owns a quiet moment."""

@@ -33,11 +33,9 @@ from pathlib import Path
 
 import requests
 
-from bench.base_model import build_base_model
-from bench.cpu_engines import CT2_DIR
+from bench.cpu_engines import CT2_DIR, base_model_and_ct2
+from bench.machine import describe, emit, peak_rss
 from bench.texts import TEXTS
-from bench.machine import describe, emit
-from bundle.convert import convert_ct2
 from tests.conftest import free_port, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +45,7 @@ ARMS = {"batched": [], "seed_style": ["--no-coalescing", "--max-batch-size", "1"
 
 def model_dir(work: Path) -> Path:
     """The base checkpoint with its CTranslate2 copy at <dir>/ctranslate2, as links."""
-    base = build_base_model()
-    if not (CT2_DIR / "model.bin").is_file():
-        convert_ct2(base, CT2_DIR, quantization="int8", force=True)
+    base = base_model_and_ct2()
     linked = work / "model"
     linked.mkdir()
     for path in base.iterdir():
@@ -108,13 +104,6 @@ def measure(url: str, args) -> dict:
     }
 
 
-def peak_rss(process: subprocess.Popen) -> int:
-    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.serving", description=__doc__.split("\n\n")[0])
     parser.add_argument("--engine", default="mt5-ct2", choices=["mt5-ct2", "mt5"])
@@ -137,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 process, url, cold = start([*flags, *ARMS[arm]], work / f"{arm}.log")
                 try:
                     measured = measure(url, args)
-                    results[arm].append({"cold_start_s": cold, **measured, "peak_rss_bytes": peak_rss(process)})
+                    results[arm].append({"cold_start_s": cold, **measured, "peak_rss_bytes": peak_rss(process.pid)})
                 finally:
                     process.terminate()
                     process.wait(timeout=60)
