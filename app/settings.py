@@ -15,6 +15,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ENGINES = ("mt5", "mt5-ct2", "lexical")
 CT2_DIR_NAME = "ctranslate2"  # where `python -m bundle.convert --ct2` puts the CTranslate2 model
 ENGINE_CHOICES = ("auto", *ENGINES)
+DECODERS = ("auto", "fast", "generate")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
@@ -39,6 +40,8 @@ class Settings:
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     cpu_only: bool = _opt(False, "never use a GPU (same as --device cpu)")
     dtype: str = _opt("auto", "compute dtype: auto, float32, bfloat16, float16")
+    decoder: str = _opt("auto", "mt5 decoding: fast (our static-cache loop; CUDA graphs on a GPU), generate "
+                                "(transformers' generate) or auto (fast on a GPU, generate on CPU)")
     log_dir: Path = _opt(ROOT / "logs", "where webui.log is written (rotated daily, 7 kept)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     templates_file: Path = _opt(
@@ -73,6 +76,8 @@ class Settings:
             raise SettingsError(f"engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.decoder not in DECODERS:
+            raise SettingsError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
