@@ -41,7 +41,7 @@ class Settings:
     cpu_only: bool = _opt(False, "never use a GPU (same as --device cpu)")
     dtype: str = _opt("auto", "compute dtype: auto, float32, bfloat16, float16")
     decoder: str = _opt("auto", "mt5 decoding: fast (our static-cache loop; CUDA graphs on a GPU), generate "
-                                "(transformers' generate) or auto (fast on a GPU, generate on CPU)")
+                                "(transformers' generate), or auto (fast where the model and dtype allow)")
     log_dir: Path = _opt(ROOT / "logs", "where webui.log is written (rotated daily, 7 kept)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
     templates_file: Path = _opt(
@@ -66,6 +66,7 @@ class Settings:
     resample_rounds: int = _opt(2, "extra sampling rounds to reach the requested distinct variants")
     request_timeout_s: float = _opt(300.0, "longest wait for the engine before a 504")
     ui_concurrency: int = _opt(8, "UI and Gradio API events that may run at once")
+    no_ui: bool = _opt(False, "serve the REST API only: no page, no Gradio API, gradio is not imported")
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

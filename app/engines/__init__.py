@@ -38,7 +38,7 @@ def load_engine(settings: Settings, name: str) -> Engine:
         from app.engines.hf import HFEngine
 
         return HFEngine(settings.model_dir, device=settings.effective_device, dtype=settings.dtype,
-                        max_input_tokens=settings.max_input_tokens)
+                        max_input_tokens=settings.max_input_tokens, decoder=settings.decoder)
     if name == "mt5-ct2":
         from app.engines.ct2 import CT2Engine
 

@@ -57,7 +57,7 @@ class HFEngine:
     wants_raw_text = False
 
     def __init__(self, model_dir: Path, *, device: str = "auto", dtype: str = "auto",
-                 max_input_tokens: int = 512) -> None:
+                 max_input_tokens: int = 512, decoder: str = "auto") -> None:
         torch, transformers = _import_torch()
         files = inspect_model_dir(model_dir)
         started = time.monotonic()
@@ -74,20 +74,39 @@ class HFEngine:
             raise ModelUnavailable(f"模型目录 {model_dir} 的权重无法加载：{_one_line(exc)}") from exc
         _check_complete(model_dir, loading)
         self._model = model.to(self._device).eval()
+        self._fast = self._fast_decoder(decoder)
         self._files = files
         self._load_seconds = time.monotonic() - started
         log.info("Model loaded successfully on %s in %.1f s (dtype=%s layout=%s)",
                  self._device, self._load_seconds, str(self._dtype).removeprefix("torch."), files.layout)
 
+    def _fast_decoder(self, decoder: str):
+        """Our decoding loop (app/engines/fast_decode.py) unless `generate` is asked for or the model
+        is outside what it serves: then None, and transformers' `generate` decodes."""
+        from app.engines import fast_decode
+
+        if decoder == "generate":
+            return None
+        if not fast_decode.supports(self._model, self._dtype):
+            report = log.warning if decoder == "fast" else log.info
+            report("The fast decoder does not serve %s in %s; using transformers' generate",
+                   self._model.config.model_type, self._dtype)
+            return None
+        return fast_decode.FastDecoder(self._model, use_graphs=True)
+
     def info(self) -> dict:
-        return {
+        details = {
             "engine": self.name,
             "model": str(self._files.directory),
             "layout": self._files.layout,
             "device": self._device,
             "dtype": str(self._dtype).removeprefix("torch."),
+            "decoder": "generate" if self._fast is None else self._fast.info()["decoder"],
             "load_seconds": round(self._load_seconds, 2),
         }
+        if self._device.startswith("cuda"):
+            details["gpu_memory_peak_bytes"] = self._torch.cuda.max_memory_reserved(self._device)
+        return details
 
     def _encode(self, prompts: list[str]):
         return self._tokenizer(
@@ -97,21 +116,15 @@ class HFEngine:
     def generate(self, prompts: list[str], params: GenerationParams) -> list[list[str]]:
         torch = self._torch
         per_prompt = params.num_return_sequences if params.do_sample else 1
-        options = {
-            "max_new_tokens": params.max_length,
-            "min_new_tokens": params.min_new_tokens,
-            "num_return_sequences": per_prompt,
-            "do_sample": params.do_sample,
-        }
-        if params.do_sample:
-            options.update(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
-        else:
-            options.update(temperature=None, top_k=None, top_p=None)
         with torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
-            output = self._model.generate(**self._encode(prompts), **options)
-        texts = self._tokenizer.batch_decode(output, skip_special_tokens=True)
+            encoded = self._encode(prompts)
+            if self._fast is not None:
+                chunks = self._fast.generate(encoded.input_ids, encoded.attention_mask, params, per_prompt)
+            else:
+                chunks = [self._model.generate(**encoded, **_generate_options(params, per_prompt))]
+        texts = [text for chunk in chunks for text in self._tokenizer.batch_decode(chunk, skip_special_tokens=True)]
         return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
@@ -167,6 +180,18 @@ class HFEngine:
             past_key_values=EncoderDecoderCache(DynamicCache(config=config), cross),
             use_cache=True,
         ).last_hidden_state
+
+
+def _generate_options(params: GenerationParams, per_prompt: int) -> dict:
+    options = {
+        "max_new_tokens": params.max_length,
+        "min_new_tokens": params.min_new_tokens,
+        "num_return_sequences": per_prompt,
+        "do_sample": params.do_sample,
+    }
+    if params.do_sample:
+        return {**options, "temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p}
+    return {**options, "temperature": None, "top_k": None, "top_p": None}
 
 
 def _check_complete(model_dir: Path, loading: dict) -> None:
