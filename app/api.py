@@ -337,6 +337,20 @@ def _method_not_allowed(request: Request) -> None:
     raise MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法")
 
 
+def install_index(app: FastAPI) -> None:
+    """Answer GET / with the service's REST routes, where a server without the page (--no-ui) would
+    otherwise give a bare 404 to whoever opens it in a browser or probes it."""
+    index = {
+        "service": "dpp",
+        "page": "off (--no-ui)",
+        "message": "此服务只提供 REST API（以 --no-ui 启动）：没有网页和 Gradio API。",
+        "routes": [{"method": method, "path": route.path}
+                   for route in router.routes for method in sorted(route.methods)],
+        "schema": "/openapi.json",
+    }
+    app.add_api_route("/", lambda: index, methods=["GET"], include_in_schema=False)
+
+
 def install(app: FastAPI, max_body_bytes: int) -> None:
     """Add the routes, the error handlers and the request middleware to `app`."""
     app.include_router(router)

@@ -7,10 +7,9 @@ import functools
 import logging
 import threading
 
-import gradio as gr
 from fastapi import FastAPI
 
-from app import api, ui
+from app import api
 from app.engines import engines_to_load, load_engine
 from app.service import Service
 from app.settings import Settings
@@ -34,4 +33,17 @@ def create_app(settings: Settings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.service = service
     api.install(app, settings.max_body_bytes)
+    if settings.no_ui:
+        api.install_index(app)
+        return app
+    return _with_page(app, service)
+
+
+def _with_page(app: FastAPI, service: Service) -> FastAPI:
+    """Mount the page and the Gradio API at "/"."""
+    # Imported here: gradio costs seconds and memory at start, which a REST-only server (--no-ui) never pays.
+    import gradio as gr
+
+    from app import ui
+
     return gr.mount_gradio_app(app, ui.build(service), path="/", footer_links=["api"], css=ui.CSS)

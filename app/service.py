@@ -150,7 +150,7 @@ class Service:
                 unavailable[name] = f"加载失败：{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         settings = self.settings
         self._batchers = {
-            name: Batcher(engine, max_items=settings.max_batch_size, max_wait_s=settings.batch_wait_ms / 1000,
+            name: Batcher(engine, max_items=self._batch_size(engine), max_wait_s=settings.batch_wait_ms / 1000,
                           max_queue=settings.max_queue, coalesce=not settings.no_coalescing)
             for name, engine in engines.items()
         }
@@ -402,9 +402,12 @@ class Service:
             )
         return outputs
 
+    def _batch_size(self, engine: Engine) -> int:
+        return self.settings.max_batch_size or engine.batch_size
+
     def _generate(self, engine: Engine, prompts: list[str], params: GenerationParams,
                   ticket: Ticket) -> list[list[str]]:
-        size = self.settings.max_batch_size
+        size = self._batch_size(engine)
         batcher = self._batchers[engine.name]
         outputs: list[list[str]] = []
         for start in range(0, len(prompts), size):

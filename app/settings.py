@@ -59,7 +59,8 @@ class Settings:
     )
     max_body_bytes: int = _opt(1_048_576, "largest accepted request body, in bytes")
     max_input_tokens: int = _opt(512, "prompt tokens kept; longer prompts are truncated")
-    max_batch_size: int = _opt(16, "most prompts in one engine call, across the requests it serves")
+    max_batch_size: int = _opt(0, "most prompts in one engine call, across the requests it serves; 0: the "
+                                  "engine's own (64 for mt5 on a GPU, 16 otherwise)")
     batch_wait_ms: float = _opt(5.0, "longest wait for concurrent requests to join a short engine call")
     max_queue: int = _opt(64, "most requests waiting for the model; more get a 503 with Retry-After")
     no_coalescing: bool = _opt(False, "run every request in its own engine calls (turns dynamic batching off)")
@@ -82,9 +83,11 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
-                     "max_input_tokens", "max_batch_size", "max_queue", "ui_concurrency"):
+                     "max_input_tokens", "max_queue", "ui_concurrency"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_batch_size < 0:
+            raise SettingsError(f"max_batch_size must be 0 (the engine's own) or more, got {self.max_batch_size}")
         if self.max_labels < 2:
             raise SettingsError(f"max_labels must be at least 2, got {self.max_labels}")
         if not 0 < self.multi_label_threshold < 1:

@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.cpu_engines [--rounds 5] [--out bench/results/cpu_engines.json]
 
-Both engines serve the mT5-base-shaped checkpoint of bench.base_model (random weights). The
+Both engines serve the mT5-base-shaped checkpoint of bench.base_model (random weights); the
+transformers one decodes with transformers' own `generate` (decoder="generate"), the seed-style way. The
 CTranslate2 copy is made once with `python -m bundle.convert --ct2` (int8) and cached beside it.
 One request is the issue's unit: one text, 3 sampled variants, 32 new tokens each (forced, since
 random weights never stop). Label scoring (10 labels) is timed too.
@@ -58,7 +59,8 @@ def worker(engine_name: str) -> None:
         from bench.base_model import build_base_model
 
         torch.set_num_threads(len(os.sched_getaffinity(0)))
-        engine = HFEngine(build_base_model(), device="cpu")
+        # The seed-style baseline: transformers' own generate, whatever the server's default decoder is.
+        engine = HFEngine(build_base_model(), device="cpu", decoder="generate")
     else:
         from app.engines.ct2 import CT2Engine
 
@@ -96,12 +98,9 @@ class Worker:
         return self._read()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.cpu_engines", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over all texts (after one warm-up)")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
-    args = parser.parse_args(argv)
-
+def measure(rounds: int = 5, text_count: int = len(TEXTS)) -> dict:
+    """Time both engines, each in its worker, on the first `text_count` bench texts for `rounds` rounds."""
+    texts = TEXTS[:text_count]
     base_model_and_ct2()
     workers = {name: Worker(engine) for name, engine in ENGINES.items()}
     arms = {}
@@ -111,14 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     # The workers' own clocks time the calls; the parent's would add the pipe.
     served: dict[str, list[float]] = {name: [] for name in arms}
     run_interleaved({name: (lambda text, name=name, arm=arm: served[name].append(arm(text)["ms"]))
-                     for name, arm in arms.items()}, TEXTS, args.rounds)
+                     for name, arm in arms.items()}, texts, rounds)
     rss = {name: process.ask("rss")["rss"] for name, process in workers.items()}
-    # The first len(TEXTS) answers of each arm are the untimed warm-up round.
-    median = {name: round(statistics.median(values[len(TEXTS):]), 1) for name, values in served.items()}
+    # The first len(texts) answers of each arm are the untimed warm-up round.
+    median = {name: round(statistics.median(values[len(texts):]), 1) for name, values in served.items()}
     import ctranslate2
     import torch
 
-    report = {
+    return {
         "benchmark": "cpu_engines: CTranslate2 int8 vs transformers float32, single requests",
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
@@ -127,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": len(os.sched_getaffinity(0)),
         "model": "mT5-base-shaped, random weights",
         "request": "1 text, 3 sampled variants x 32 forced new tokens; scoring: 10 labels",
-        "texts": len(TEXTS),
-        "rounds": args.rounds,
+        "texts": len(texts),
+        "rounds": rounds,
         "median_ms": median,
         "ratios": {
             "augment_transformers_over_ctranslate2": round(
@@ -139,7 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         "worker_peak_rss_bytes": rss,
         "note": "Random weights: only the time counts. One worker process per engine; arms interleaved in one run.",
     }
-    return emit(report, args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu_engines", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds over all texts (after one warm-up)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    return emit(measure(args.rounds), args.out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def describe() -> str:
@@ -30,12 +31,17 @@ def peak_rss(pid: int | str = "self") -> int:
     return 0
 
 
-def run_interleaved(arms: dict[str, Callable[[str], object]], inputs: list[str], rounds: int) -> dict[str, list[float]]:
+def run_interleaved(arms: dict[str, Callable[[Any], object]], inputs: list, rounds: int,
+                    warm_up: bool = True) -> dict[str, list[float]]:
     """Milliseconds per call of each arm on each input, over `rounds` timed rounds after an untimed
-    warm-up round. Within a round the arms take turns going first, so none owns a quiet moment."""
+    warm-up round. Within a round the arms take turns going first, so none owns a quiet moment.
+
+    warm_up=False skips the warm-up round, for arms the caller has warmed already (a slow arm's
+    round can cost minutes)."""
     names = list(arms)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for round_number in range(rounds + 1):
+    first = 0 if warm_up else 1
+    for round_number in range(first, rounds + 1):
         for index, item in enumerate(inputs):
             shift = (round_number + index) % len(names)
             for name in names[shift:] + names[:shift]:

@@ -26,6 +26,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # eager: exact shapes; reused: shapes rounded up and buffers kept between calls (what graphs need);
 # graphs: the captured step (CUDA only).
 MODES = ["eager", "reused", "graphs"]
+# Sum of a label's token log-probabilities, GPU float32 against CPU float32 (no TF32 in matmuls).
+GPU_SCORE_TOLERANCE = 1e-4
 
 
 def greedy(max_length: int, min_new_tokens: int = 0) -> GenerationParams:
@@ -173,3 +175,13 @@ def test_engine_serves_through_the_fast_decoder(tiny_models):
 def test_float16_stays_with_generate(tiny_models):
     engine = HFEngine(tiny_models["fp16"], device="cpu", dtype="float16", decoder="fast")
     assert engine.info()["decoder"] == "generate"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_label_scores_on_the_gpu_agree_with_the_cpu(tiny_models):
+    """Scoring in float32 on CUDA gives the CPU's log-probabilities within GPU_SCORE_TOLERANCE."""
+    cpu = HFEngine(tiny_models["modelscope"], device="cpu")
+    gpu = HFEngine(tiny_models["modelscope"], device="cuda", dtype="float32")
+    labels = ["体育", "财经", "娱乐", "科技", "物流慢", "物流"]
+    for prompt in PROMPTS:
+        assert gpu.score(prompt, labels) == pytest.approx(cpu.score(prompt, labels), abs=GPU_SCORE_TOLERANCE)

@@ -30,8 +30,12 @@ def test_engines_know_nothing_of_http_or_the_page():
 
 
 def test_torch_is_imported_only_by_the_hf_engine():
+    """hf.py and its decoding loop; and the loop only through hf.py, so serving without torch stays possible."""
     importers = {path.name for path in APP.rglob("*.py") if "torch" in {n.split(".")[0] for n in _imports(path)}}
-    assert importers <= {"hf.py"}
+    assert importers <= {"hf.py", "fast_decode.py"}
+    loop_users = {path.name for path in APP.rglob("*.py")
+                  if "app.engines.fast_decode" in _imports(path) or "fast_decode" in path.read_text("utf-8")}
+    assert loop_users <= {"hf.py", "fast_decode.py"}
 
 
 def test_service_is_the_only_way_to_an_engine():

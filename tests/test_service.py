@@ -32,7 +32,7 @@ def tiny_engine(tiny_models):
 class ScriptedEngine:
     """An engine double that answers each generate call from a script and records the calls."""
 
-    name, can_score, wants_raw_text = "mt5", True, False
+    name, can_score, wants_raw_text, batch_size = "mt5", True, False, 16
 
     def __init__(self, *answers):
         self.answers = list(answers)
@@ -112,6 +112,13 @@ def test_prompts_are_sent_in_chunks_of_max_batch_size_in_order():
     result = make_service(engine, max_batch_size=3).augment(texts, GenerationParams(num_return_sequences=1))
     assert [len(call[0]) for call in engine.calls] == [3, 3, 1]
     assert result.variants == [[text + "改"] for text in texts]
+
+
+def test_without_max_batch_size_the_engine_says_how_many_prompts_a_call_takes():
+    engine = ScriptedEngine(lambda prompts, p: [[prompt + "改"] for prompt in prompts])
+    engine.batch_size = 2  # as the mt5 engine says 64 on a GPU
+    make_service(engine).augment([f"第{i}句" for i in range(5)], GenerationParams(num_return_sequences=1))
+    assert [len(call[0]) for call in engine.calls] == [2, 2, 1]
 
 
 def test_an_engine_that_breaks_the_contract_fails_loudly():

@@ -11,6 +11,7 @@ class Engine(Protocol):
     name: str
     can_score: bool
     wants_raw_text: bool  # True: gets the texts themselves, not prompts built from templates
+    batch_size: int  # prompts per call that keep it efficient, unless --max-batch-size says otherwise
 
     def info(self) -> dict:
         """Model path, device, dtype and load time, for /readyz and the page banner."""

@@ -27,6 +27,7 @@ class CT2Engine:
     name = "mt5-ct2"
     can_score = True
     wants_raw_text = False
+    batch_size = 16
 
     def __init__(self, model_dir: Path, *, device: str = "cpu", compute_type: str = "default",
                  max_input_tokens: int = 512, threads: int = 0) -> None:

@@ -152,6 +152,7 @@ class FastDecoder:
         self.reuse_buffers = self.use_graphs if reuse_buffers is None else reuse_buffers
         self.graphs: OrderedDict[_Shape, _Buffers] = OrderedDict()
         self.graph_failures = 0
+        self.pool = None
 
     def info(self) -> dict:
         return {"decoder": "fast, CUDA graphs" if self.use_graphs else "fast", "graphs_cached": len(self.graphs)}
@@ -202,7 +203,11 @@ class FastDecoder:
                         self._step(buffers)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # One memory pool for every shape's graph: only one replays at a time, and what a
+                # graph keeps between replays (its logits) stays referenced, so their transient
+                # tensors may share memory.
+                self.pool = self.pool if self.pool is not None else torch.cuda.graph_pool_handle()
+                with torch.cuda.graph(graph, pool=self.pool):
                     buffers.logits = self._step(buffers)
                 buffers.graph = graph
             except RuntimeError as exc:  # an unsupported kernel: serve the shape eagerly

@@ -83,6 +83,7 @@ class LexicalEngine:
     name = "lexical"
     can_score = False
     wants_raw_text = True
+    batch_size = 16
 
     def __init__(self, reviewed_file: Path) -> None:
         started = time.monotonic()
