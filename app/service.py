@@ -287,34 +287,47 @@ class Service:
         if mode == "generate":
             items = self._classify_by_generation(chosen, prompts, candidates, multi_label, ticket)
         elif multi_label:
-            items = [self._classify_each_label(chosen, text, candidates, threshold, ticket) for text in clean]
+            items = self._classify_each_label(chosen, clean, candidates, threshold, ticket)
         else:
-            items = [self._classify_constrained(chosen, prompt, candidates, ticket) for prompt in prompts]
+            items = [Classification(max(scores, key=scores.__getitem__), scores, None, True)
+                     for scores in self._scores(chosen, [(prompt, candidates) for prompt in prompts], ticket)]
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("classify engine=%s mode=%s multi_label=%s items=%d labels=%d ms=%.0f",
                  chosen.name, mode, multi_label, len(clean), len(candidates), elapsed_ms)
         log.debug("classify texts=%s labels=%s answers=%s", clean, candidates, [item.label for item in items])
         return ClassifyResult(list(texts), candidates, items, chosen.name, elapsed_ms)
 
-    def _scores(self, engine: Engine, prompt: str, labels: list[str], ticket: Ticket) -> dict[str, float]:
-        logprobs = self._batchers[engine.name].call(lambda e: e.score(prompt, labels), ticket)
-        if len(logprobs) != len(labels):
-            raise EngineContractError(engine.name, len(labels), len(logprobs))
-        return dict(zip(labels, softmax(logprobs)))
+    def _scores(self, engine: Engine, items: list[tuple[str, list[str]]], ticket: Ticket) -> list[dict[str, float]]:
+        """Per (prompt, labels) item, the labels' probabilities: a softmax over their log-probabilities.
+        Engine calls take up to the batch size's prompts each, so that other requests get turns."""
+        size = self._batch_size(engine)
+        batcher = self._batchers[engine.name]
+        probabilities = []
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            logprobs = batcher.call(lambda e, chunk=chunk: e.score_batch(chunk), ticket)
+            expected, got = sum(len(labels) for _, labels in chunk), sum(map(len, logprobs))
+            if len(logprobs) != len(chunk) or got != expected:
+                raise EngineContractError(engine.name, expected, got)
+            probabilities.extend(dict(zip(labels, softmax(values))) for (_, labels), values in zip(chunk, logprobs))
+        return probabilities
 
-    def _classify_constrained(self, engine: Engine, prompt: str, labels: list[str], ticket: Ticket) -> Classification:
-        scores = self._scores(engine, prompt, labels, ticket)
-        return Classification(max(scores, key=scores.__getitem__), scores, None, True)
-
-    def _classify_each_label(self, engine: Engine, text: str, labels: list[str], threshold: float,
-                             ticket: Ticket) -> Classification:
-        own = {}
-        for label in labels:
-            partner = next(p for p in PARTNER_LABELS if p != label)
-            prompt = self._templates.render("classification", labels=f"{label},{partner}", text=text)
-            own[label] = self._scores(engine, prompt, [label, partner], ticket)[label]
-        passed = sorted((label for label in labels if own[label] >= threshold), key=own.__getitem__, reverse=True)
-        return Classification(max(own, key=own.__getitem__), own, None, True, passed)
+    def _classify_each_label(self, engine: Engine, texts: list[str], labels: list[str], threshold: float,
+                             ticket: Ticket) -> list[Classification]:
+        """multi_label: each label on its own against a catch-all partner, all pairs in shared engine calls."""
+        items = []
+        for text in texts:
+            for label in labels:
+                partner = next(p for p in PARTNER_LABELS if p != label)
+                prompt = self._templates.render("classification", labels=f"{label},{partner}", text=text)
+                items.append((prompt, [label, partner]))
+        scores = iter(self._scores(engine, items, ticket))
+        classifications = []
+        for _ in texts:
+            own = {label: next(scores)[label] for label in labels}
+            passed = sorted((label for label in labels if own[label] >= threshold), key=own.__getitem__, reverse=True)
+            classifications.append(Classification(max(own, key=own.__getitem__), own, None, True, passed))
+        return classifications
 
     def _classify_by_generation(self, engine: Engine, prompts: list[str], labels: list[str], multi_label: bool,
                                 ticket: Ticket) -> list[Classification]:
@@ -345,7 +358,7 @@ class Service:
         prompt = self._templates.render(spec.name, **values)
         scores = None
         if spec.scored:
-            scores = self._scores(chosen, prompt, list(spec.labels), ticket)
+            [scores] = self._scores(chosen, [(prompt, list(spec.labels))], ticket)
             outputs = [max(scores, key=scores.__getitem__)]
         else:
             outputs = self._distinct_outputs(chosen, [prompt], [set()], params, ticket)[0]

@@ -70,10 +70,62 @@ def test_softmax_survives_very_unlikely_labels():
     assert math.fsum(probabilities) == pytest.approx(1, abs=1e-12)
 
 
+@pytest.mark.parametrize("budget", [None, 1])
+def test_scoring_many_prompts_at_once_gives_each_its_own_scores(tiny_engine, monkeypatch, budget):
+    """One pass over prompts of different lengths and candidate counts, some candidates shared between
+    prompts (their prefixes must not be confused), or, with a budget of 1 byte, one pass per prompt."""
+    from app.engines import hf
+
+    if budget is not None:
+        monkeypatch.setattr(hf, "SCORE_BUDGET_BYTES", budget)
+    items = [(f"情感分析：{TEXT}", ["积极", "消极"]),
+             (f"文本分类。\n候选标签：{','.join(LABELS)}。\n文本内容：太贵了", LABELS),
+             ("好", ["积极", "消极", "物流慢", "物流"]),
+             (f"文本分类。\n候选标签：{','.join(LABELS)}。\n文本内容：{TEXT}", LABELS)]
+    together = tiny_engine.score_batch(items)
+    assert [len(scores) for scores in together] == [len(candidates) for _, candidates in items]
+    for (prompt, candidates), scores in zip(items, together):
+        assert scores == pytest.approx(tiny_engine.score(prompt, candidates), abs=1e-4)
+        assert all(value < 0 for value in scores)
+    # Different prompts give the same candidates different scores.
+    assert together[0] != pytest.approx(tiny_engine.score("好", ["积极", "消极"]), abs=1e-3)
+
+
+class CountingEngine:
+    """The tiny engine, with a record of the score_batch calls the service makes."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, []
+        self.name, self.can_score, self.wants_raw_text, self.batch_size = engine.name, True, False, 16
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def score_batch(self, items):
+        self.calls.append(len(items))
+        return self.engine.score_batch(items)
+
+
+def test_a_batch_and_multi_label_share_engine_calls(tiny_engine):
+    counting = CountingEngine(tiny_engine)
+    service = make_service(counting, max_batch_size=0)
+    service.classify([TEXT, "太贵了", "好"], LABELS)
+    service.classify([TEXT, "太贵了"], LABELS, multi_label=True)
+    assert counting.calls == [3, 2 * len(LABELS)]
+    counting.calls.clear()
+    make_service(counting, max_batch_size=5).classify([TEXT, "太贵了"], LABELS, multi_label=True)
+    assert counting.calls == [5, 3]  # at most max_batch_size prompts a call, so that others get turns
+
+
 def test_a_batch_is_classified_in_input_order(service):
     texts = [TEXT, "太贵了", TEXT]
     batch = service.classify(texts, LABELS).items
-    assert [item.scores for item in batch] == [service.classify([t], LABELS).items[0].scores for t in texts]
+    alone = [service.classify([t], LABELS).items[0].scores for t in texts]
+    # A batch runs its prompts through the model together, padded: the same arithmetic to float32 rounding.
+    for together, by_itself in zip(batch, alone):
+        assert list(together.scores) == list(by_itself) == LABELS
+        assert list(together.scores.values()) == pytest.approx(list(by_itself.values()), abs=1e-5)
+    assert list(batch[0].scores.values()) == pytest.approx(list(batch[2].scores.values()), abs=1e-9)
 
 
 def test_multi_label_asks_each_label_against_a_partner(service, tiny_engine):
@@ -81,7 +133,7 @@ def test_multi_label_asks_each_label_against_a_partner(service, tiny_engine):
     for label in LABELS:
         prompt = service._templates.render("classification", labels=f"{label},{PARTNER_LABELS[0]}", text=TEXT)
         own = softmax(tiny_engine.score(prompt, [label, PARTNER_LABELS[0]]))[0]
-        assert item.scores[label] == pytest.approx(own, rel=1e-9)
+        assert item.scores[label] == pytest.approx(own, abs=1e-5)  # scored beside the other labels' prompts
     assert item.labels == sorted((l for l in LABELS if item.scores[l] >= 0.3), key=item.scores.get, reverse=True)
     assert item.label == max(LABELS, key=item.scores.get) and item.in_labels
 

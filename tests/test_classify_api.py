@@ -52,9 +52,11 @@ def test_classify_batch_keeps_input_order(live_server):
     assert set(body) == {"results", "labels", "engine", "request_id", "elapsed_ms"}
     assert body["labels"] == LABELS
     assert [item["text"] for item in body["results"]] == texts
-    assert body["results"][0] == body["results"][2]
+    assert body["results"][0]["label"] == body["results"][2]["label"]
+    assert body["results"][0]["scores"] == pytest.approx(body["results"][2]["scores"], abs=1e-9)
     single = post(live_server, "/classify", {"text": texts[1], "labels": LABELS}).json()
-    assert body["results"][1]["scores"] == single["scores"]
+    # The batch's texts share engine calls, padded: the same arithmetic to float32 rounding.
+    assert body["results"][1]["scores"] == pytest.approx(single["scores"], abs=1e-5)
 
 
 @pytest.mark.parametrize("body, code, field", [

@@ -64,6 +64,13 @@ def test_label_scores_agree_with_transformers(engines):
         assert ct2.score(prompt, LABELS) == pytest.approx(hf.score(prompt, LABELS), abs=SCORE_TOLERANCE)
 
 
+def test_scoring_many_prompts_at_once_agrees_with_transformers(engines):
+    hf, ct2 = engines
+    items = [(prompt, LABELS[:2 + number % 3]) for number, prompt in enumerate(PROMPTS)]
+    for ours, theirs in zip(ct2.score_batch(items), hf.score_batch(items)):
+        assert ours == pytest.approx(theirs, abs=SCORE_TOLERANCE)
+
+
 def test_long_prompts_are_cut_as_transformers_cuts_them(model_dir):
     short = CT2Engine(model_dir / "ctranslate2", max_input_tokens=8)
     hf = HFEngine(model_dir, device="cpu", max_input_tokens=8)

@@ -49,6 +49,9 @@ class ScriptedEngine:
     def score(self, prompt, candidates):
         return [0.0] * len(candidates)
 
+    def score_batch(self, items):
+        return [self.score(prompt, candidates) for prompt, candidates in items]
+
 
 def test_variants_are_distinct_non_empty_and_never_the_input(tiny_engine):
     service = make_service(tiny_engine)

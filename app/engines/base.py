@@ -21,3 +21,6 @@ class Engine(Protocol):
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
         """Return the log-probability of each candidate as the output for `prompt`."""
+
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """`score` for many (prompt, candidates) pairs at once, in order: what the service calls."""

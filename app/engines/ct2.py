@@ -133,8 +133,14 @@ class CT2Engine:
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
         """Sum of token log-probabilities of each candidate (with its end token) after `prompt`."""
-        source = self._tokens(self.encode([prompt])[0])
+        return self.score_batch([(prompt, candidates)])[0]
+
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """`score` for many prompts, each with its own candidates, in one call of the translator."""
+        prompts = [self._tokens(ids) for ids in self.encode([prompt for prompt, _ in items])]
+        sources = [prompts[number] for number, (_, group) in enumerate(items) for _ in group]
         # CTranslate2 adds the end token to each target itself.
-        targets = [self._tokens(ids[:-1]) for ids in self.encode(candidates)]
-        results = self._translator.score_batch([source] * len(candidates), targets, max_input_length=0)
-        return [float(sum(result.log_probs)) for result in results]
+        targets = [self._tokens(ids[:-1]) for ids in self.encode([c for _, group in items for c in group])]
+        totals = iter([float(sum(result.log_probs))
+                       for result in self._translator.score_batch(sources, targets, max_input_length=0)])
+        return [[next(totals) for _ in group] for _, group in items]

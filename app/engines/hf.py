@@ -12,6 +12,9 @@ from app.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
+# Cross-attention keys and values that one scoring pass may copy out to its candidates' rows: prompts
+# with more candidates or longer text are scored in several passes.
+SCORE_BUDGET_BYTES = 256 * 2**20
 # Weights that transformers recreates from others when missing from a checkpoint.
 _DERIVED_KEYS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
@@ -130,26 +133,51 @@ class HFEngine:
         return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
-        """Sum of token log-probabilities of each candidate (with its end token) after `prompt`.
+        """Sum of token log-probabilities of each candidate (with its end token) after `prompt`."""
+        return self.score_batch([(prompt, candidates)])[0]
 
-        One pass: the encoder runs once, the decoder takes all candidates as one padded batch
-        sharing the prompt's cross-attention keys and values, and the vocabulary projection runs
-        once per distinct candidate prefix (labels share their first tokens), never on padding.
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
+        """`score` for many prompts, each with its own candidates, in few passes.
+
+        The prompts go through the encoder together and their candidates through the decoder as one
+        padded batch, as far as SCORE_BUDGET_BYTES of cross-attention keys and values allows (one
+        prompt's candidates share its keys and values as views, whatever their number). The
+        vocabulary projection runs once per distinct prefix of a prompt's candidates (labels share
+        their first tokens), never on padding.
         """
+        lengths = [len(ids) for ids in self._tokenizer([prompt for prompt, _ in items], truncation=True,
+                                                       max_length=self._max_input_tokens).input_ids]
+        per_row_token = self._model.config.num_decoder_layers * 2 * self._model.config.d_model * self._dtype.itemsize
+        results: list[list[float]] = []
+        group: list[int] = []
+        for index in range(len(items)):
+            rows = sum(len(items[i][1]) for i in [*group, index])
+            if group and rows * max(lengths[i] for i in [*group, index]) * per_row_token > SCORE_BUDGET_BYTES:
+                results.extend(self._score_group([items[i] for i in group]))
+                group = []
+            group.append(index)
+        if group:
+            results.extend(self._score_group([items[i] for i in group]))
+        return results
+
+    def _score_group(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         torch = self._torch
+        candidates = [candidate for _, group in items for candidate in group]
+        owner_list = [number for number, (_, group) in enumerate(items) for _ in group]
         with torch.inference_mode():
-            encoded = self._encode([prompt])
+            encoded = self._encode([prompt for prompt, _ in items])
             hidden = self._model.get_encoder()(**encoded).last_hidden_state
             targets = self._tokenizer(candidates, return_tensors="pt", padding=True).input_ids.to(self._device)
             inputs = self._model._shift_right(targets)
-            states = self._decoder_states(hidden, encoded.attention_mask, inputs)
-            # A position's state depends only on the tokens before it (causal attention, one prompt).
+            owners = torch.tensor(owner_list, device=self._device)
+            states = self._decoder_states(hidden, encoded.attention_mask, inputs, owners)
+            # A position's state depends only on its prompt and the tokens before it (causal attention).
             rows, positions = (targets != self._tokenizer.pad_token_id).nonzero(as_tuple=True)
             prefixes: dict[tuple[int, ...], int] = {}
             firsts: list[tuple[int, int]] = []
             slots = []
             for row, position in zip(rows.tolist(), positions.tolist()):
-                key = tuple(inputs[row, :position + 1].tolist())
+                key = (owner_list[row], *inputs[row, :position + 1].tolist())
                 if key not in prefixes:
                     prefixes[key] = len(firsts)
                     firsts.append((row, position))
@@ -158,27 +186,39 @@ class HFEngine:
             logprobs = self._model.lm_head(states[first_rows, first_positions]).float().log_softmax(-1)
             picked = logprobs[torch.tensor(slots, device=self._device), targets[rows, positions]]
             totals = torch.zeros(len(candidates), dtype=torch.float64, device=self._device)
-            return totals.index_add_(0, rows, picked.double()).tolist()
+            totals = totals.index_add_(0, rows, picked.double()).tolist()
+        bounds = [0]
+        for _, group in items:
+            bounds.append(bounds[-1] + len(group))
+        return [totals[start:stop] for start, stop in zip(bounds, bounds[1:])]
 
-    def _decoder_states(self, hidden, attention_mask, inputs):
-        """Decoder states for a batch of continuations of one encoded prompt.
+    def _decoder_states(self, hidden, attention_mask, inputs, owners):
+        """Decoder states for continuations of encoded prompts; row r continues prompt owners[r].
 
-        The cross-attention keys and values of the prompt are computed once, by one decoder step at
-        batch size 1, and then shared by every row as views, instead of once per candidate.
+        The prompts' cross-attention keys and values are computed once, by one decoder step over the
+        prompts, and then given to their rows: as views where there is one prompt, instead of once
+        per candidate.
         """
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
         decoder, config, count = self._model.get_decoder(), self._model.config, inputs.shape[0]
         warm = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        decoder(input_ids=inputs[:1, :1], encoder_hidden_states=hidden, encoder_attention_mask=attention_mask,
+        start = inputs[:1, :1].expand(hidden.shape[0], 1)
+        decoder(input_ids=start, encoder_hidden_states=hidden, encoder_attention_mask=attention_mask,
                 past_key_values=warm, use_cache=True)
         cross = warm.cross_attention_cache
+
+        def per_row(tensor):
+            if tensor.shape[0] == 1:
+                return tensor.expand(count, *tensor.shape[1:])
+            return tensor.index_select(0, owners)
+
         for layer in cross.layers:
-            layer.keys, layer.values = layer.keys.expand(count, -1, -1, -1), layer.values.expand(count, -1, -1, -1)
+            layer.keys, layer.values = per_row(layer.keys), per_row(layer.values)
         return decoder(
             input_ids=inputs,
-            encoder_hidden_states=hidden.expand(count, -1, -1),
-            encoder_attention_mask=attention_mask.expand(count, -1),
+            encoder_hidden_states=per_row(hidden),
+            encoder_attention_mask=per_row(attention_mask),
             past_key_values=EncoderDecoderCache(DynamicCache(config=config), cross),
             use_cache=True,
         ).last_hidden_state

@@ -112,6 +112,9 @@ class LexicalEngine:
         return [[variant.text for variant in self.propose(text, params)] for text in prompts]
 
     def score(self, prompt: str, candidates: list[str]) -> list[float]:
+        return self.score_batch([(prompt, candidates)])[0]
+
+    def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         raise NeedsMT5("同义词替换引擎不能打分：零样本分类等任务需要 mT5 权重（见 README「安装模型权重」）")
 
     def _tokens(self, text: str) -> list[_Token]:
