@@ -55,12 +55,32 @@ def supports(model, dtype) -> bool:
             and not getattr(config, "is_decoder", False) and hasattr(model, "get_decoder"))
 
 
-def _bucket(value: int, smallest: int) -> int:
-    """The power of two at or above `value`, at least `smallest`."""
+def _bucket(value: int, smallest: int, factor: int = 2) -> int:
+    """The first of smallest, smallest*factor, smallest*factor**2, ... at or above `value`."""
     size = smallest
     while size < value:
-        size *= 2
+        size *= factor
     return size
+
+
+def _prompt_bucket(prompts: int) -> int:
+    """Prompts per pass, rounded up to 1, 4, 16, 64, ...: a GPU step costs about the same for 3 rows as
+    for 192 (it reads the weights either way), so few shapes, and few graph captures, serve all."""
+    return _bucket(prompts, 1, 4)
+
+
+def _prompt_bucket_within(limit: int) -> int:
+    """The largest prompt bucket not above `limit` (at least 1)."""
+    size = 1
+    while size * 4 <= limit:
+        size *= 4
+    return size
+
+
+# Prompt tokens are rounded up to 64, 128, 256, 512: cross-attention over padding costs next to nothing.
+SOURCE_BUCKET = 64
+# New tokens are rounded up to 16, 32, 64, ...
+STEPS_BUCKET = 16
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,7 @@ class FastDecoder:
 
     def __init__(self, model, *, use_graphs: bool, reuse_buffers: bool | None = None) -> None:
         """use_graphs: capture each shape's step as a CUDA graph (on CUDA only). reuse_buffers (default:
-        as use_graphs): round shapes up to powers of two and keep their buffers between calls, as
+        as use_graphs): round shapes up to a few sizes and keep their buffers between calls, as
         graphs need; tests turn it on alone to check the rounding and the reuse on CPU."""
         config = model.config
         decoder = model.get_decoder()
@@ -242,9 +262,9 @@ class FastDecoder:
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
                  per_prompt: int) -> list[torch.Tensor]:
         """Token ids of `per_prompt` outputs per prompt, prompt by prompt, as chunks of rows [rows, length]."""
-        limit = self.prompts_per_call(_bucket(params.max_length, 16), per_prompt)
-        if self.reuse_buffers:  # a pass's prompts are rounded up to a power of two: stay within the budget
-            limit = 1 << (limit.bit_length() - 1)
+        limit = self.prompts_per_call(_bucket(params.max_length, STEPS_BUCKET), per_prompt)
+        if self.reuse_buffers:  # a pass's prompts are rounded up to a bucket: stay within the budget
+            limit = _prompt_bucket_within(limit)
         return [self._generate(input_ids[start:start + limit], attention_mask[start:start + limit], params,
                                per_prompt)
                 for start in range(0, input_ids.shape[0], limit)]
@@ -252,7 +272,8 @@ class FastDecoder:
     def _generate(self, input_ids, attention_mask, params: GenerationParams, per_prompt: int) -> torch.Tensor:
         prompts, source = input_ids.shape
         if self.reuse_buffers:  # few distinct shapes, so that buffers and captured graphs are reused
-            shape = _Shape(_bucket(prompts, 1), per_prompt, _bucket(source, 16), _bucket(params.max_length, 16))
+            shape = _Shape(_prompt_bucket(prompts), per_prompt, _bucket(source, SOURCE_BUCKET),
+                           _bucket(params.max_length, STEPS_BUCKET))
         else:
             shape = _Shape(prompts, per_prompt, source, params.max_length)
         buffers = self._buffers(shape)
