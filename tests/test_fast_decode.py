@@ -180,6 +180,20 @@ def test_engine_serves_through_the_fast_decoder(tiny_models):
     assert sampled == fast.generate(PROMPTS[:2], GenerationParams(num_return_sequences=3, max_length=12, seed=3))
 
 
+def test_a_fast_decoder_that_fails_its_warm_up_leaves_generate(tiny_models, caplog):
+    engine = HFEngine(tiny_models["huggingface"], device="cpu", decoder="fast")
+
+    class Broken:
+        def generate(self, *args):
+            raise RuntimeError("no kernel image is available for execution on the device")
+
+    engine._fast = Broken()
+    engine._warm_up()
+    assert engine.info()["decoder"] == "generate"
+    assert "failed its warm-up" in caplog.text
+    assert len(engine.generate(PROMPTS[:2], greedy(8))) == 2
+
+
 def test_float16_stays_with_generate(tiny_models):
     engine = HFEngine(tiny_models["fp16"], device="cpu", dtype="float16", decoder="fast")
     assert engine.info()["decoder"] == "generate"

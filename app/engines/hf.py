@@ -80,6 +80,8 @@ class HFEngine:
         # A GPU decodes 64 prompts (192 rows of variants) in about the time of one; a CPU's time grows with rows.
         self.batch_size = 64 if self._device.startswith("cuda") else 16
         self._fast = self._fast_decoder(decoder)
+        if self._fast is not None and self._device.startswith("cuda"):
+            self._warm_up()
         self._files = files
         self._load_seconds = time.monotonic() - started
         log.info("Model loaded successfully on %s in %.1f s (dtype=%s layout=%s)",
@@ -98,6 +100,15 @@ class HFEngine:
                    self._model.config.model_type, self._dtype)
             return None
         return fast_decode.FastDecoder(self._model, use_graphs=True)
+
+    def _warm_up(self) -> None:
+        """Decode one default request (captures its CUDA graph, so the first client's is fast). Should our
+        loop fail on this GPU and torch, serving goes on with `generate` rather than failing requests."""
+        try:
+            self.generate(["预热"], GenerationParams())
+        except Exception:  # noqa: BLE001 - any failure of the fast path leaves the plain one
+            log.exception("The fast decoder failed its warm-up on %s; using transformers' generate", self._device)
+            self._fast = None
 
     def info(self) -> dict:
         details = {
