@@ -169,7 +169,14 @@ class Service:
         return list(self._engines)
 
     def readiness(self) -> Readiness:
-        return self._readiness
+        ready = self._readiness
+        if not ready.ready:
+            return ready
+        # Read the default engine again: what changes while it serves (GPU memory, the decoder it fell
+        # back to) must show.
+        default = next(iter(self._engines.values()))
+        loaded = {key: ready.info[key] for key in ("engines", "unavailable") if key in ready.info}
+        return Readiness(True, "ready", None, {**default.info(), **loaded})
 
     def check_texts(self, texts: list[str], field_name: str) -> list[str]:
         """Refuse an empty or oversized batch and empty or over-long texts; return them stripped."""

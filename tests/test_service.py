@@ -163,6 +163,16 @@ def test_a_service_without_a_model_is_not_ready_and_says_why(tmp_path):
         service.augment(["好"], GenerationParams())
 
 
+def test_readiness_reads_the_engine_as_it_is_now():
+    """What changes while serving (GPU memory, a decoder that fell back) shows in /readyz."""
+    engine = ScriptedEngine([["改"]])
+    service = make_service(engine)
+    engine.info = lambda: {"engine": "mt5", "decoder": "fast"}
+    assert service.readiness().info["decoder"] == "fast"
+    engine.info = lambda: {"engine": "mt5", "decoder": "generate"}
+    assert service.readiness().info == {"engine": "mt5", "decoder": "generate", "engines": ["mt5"]}
+
+
 def test_an_unexpected_load_failure_still_leaves_a_reason():
     service = make_service()
     service.load({"mt5": lambda: (_ for _ in ()).throw(MemoryError("out of memory"))})
