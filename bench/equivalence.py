@@ -41,7 +41,7 @@ def run_tests(files: list[str]) -> dict:
                 name = f"{case.get('classname', '').rsplit('.', 1)[-1]}::{case.get('name')}"
                 found = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
                 outcomes[name] = found[0].replace("failure", "failed") if found else "passed"
-    totals = {state: sum(1 for o in outcomes.values() if o == state) for state in ("passed", "failed", "error", "skipped")}
+    totals = {state: list(outcomes.values()).count(state) for state in ("passed", "failed", "error", "skipped")}
     return {"exit_code": completed.returncode, "totals": totals, "tests": outcomes,
             "tail": completed.stdout[-3000:] if completed.returncode else ""}
 

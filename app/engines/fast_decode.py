@@ -192,7 +192,8 @@ class FastDecoder:
         rows = shape.rows
         x = self.embed(buffers.tokens)
         bias = buffers.self_bias.index_select(2, position)
-        for layer, (norm, qkv_weight, out_weight, cross_norm, cross_q, cross_out, feed_forward) in enumerate(self.blocks):
+        for layer, block in enumerate(self.blocks):
+            norm, qkv_weight, out_weight, cross_norm, cross_q, cross_out, feed_forward = block
             query, key, value = (F.linear(norm(x), qkv_weight)
                                  .view(rows, 1, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4))
             cache = buffers.self_cache[layer]
