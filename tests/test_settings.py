@@ -30,6 +30,11 @@ def test_environment_values_are_coerced_to_each_field_type(tmp_path):
     assert isinstance(settings.model_dir, Path)
 
 
+def test_max_batch_size_zero_leaves_the_engine_to_choose():
+    assert load_settings({}, {}).max_batch_size == 0
+    assert load_settings({"max_batch_size": "8"}, {}).max_batch_size == 8
+
+
 def test_unset_flags_leave_the_environment_in_charge():
     assert load_settings({"port": None}, {"DPP_PORT": "7001"}).port == 7001
 
@@ -41,6 +46,8 @@ def test_unset_flags_leave_the_environment_in_charge():
     ({}, {"DPP_DTYPE": "float8"}, "dtype"),
     ({}, {"DPP_CPU_ONLY": "perhaps"}, "cpu_only"),
     ({"max_batch_texts": "0"}, {}, "max_batch_texts"),
+    ({"max_batch_size": "-1"}, {}, "max_batch_size"),
+    ({}, {"DPP_DECODER": "beam"}, "decoder"),
 ])
 def test_unusable_values_are_refused_naming_the_setting(flags, env, name):
     with pytest.raises(SettingsError, match=name):
