@@ -105,6 +105,8 @@ def status_line(found: int, wanted: int, engine: str, elapsed_ms: float) -> str:
 
 
 ENGINE_LABELS = {"mt5": "mT5 模型", "mt5-ct2": "mT5 模型（CTranslate2 加速）", "lexical": "同义词替换（无需模型权重）"}
+DECODER_LABELS = {"fast, CUDA graphs": "自带解码循环 + CUDA Graphs", "fast": "自带解码循环",
+                  "generate": "transformers generate"}
 
 
 def banner(service: Service) -> str:
@@ -116,6 +118,8 @@ def banner(service: Service) -> str:
         else:
             line = (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "
                     f"{info.get('dtype')} · 模型目录 `{info.get('model')}`")
+            if info.get("decoder"):
+                line += f" · 解码：{DECODER_LABELS.get(info['decoder'], info['decoder'])}"
         for name, reason in info.get("unavailable", {}).items():
             line += f"\n\n⚠️ 引擎 {name} 未加载：{reason}"
         return line

@@ -98,6 +98,7 @@ def test_page_loads_with_all_tabs_and_engine_banner(page):
         expect(page.get_by_role("tab", name=tab)).to_be_visible()
     expect(banner(page)).to_contain_text("mt5")
     expect(banner(page)).to_contain_text("设备 cpu")
+    expect(banner(page)).to_contain_text("解码：自带解码循环")
     expect(page).to_have_title("dpp 中文文本增强")
 
 
