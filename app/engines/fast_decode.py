@@ -229,7 +229,9 @@ class FastDecoder:
                 # graph keeps between replays (its logits) stays referenced, so their transient
                 # tensors may share memory.
                 self.pool = self.pool if self.pool is not None else torch.cuda.graph_pool_handle()
-                with torch.cuda.graph(graph, pool=self.pool):
+                # thread_local: the server's other threads (a /readyz reading GPU memory) may touch CUDA
+                # while this one captures.
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     buffers.logits = self._step(buffers)
                 buffers.graph = graph
             except RuntimeError as exc:  # an unsupported kernel: serve the shape eagerly
