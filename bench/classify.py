@@ -18,8 +18,17 @@ texts in four arms, interleaved within each round after one untimed warm-up roun
 - one_label_at_a_time: HFEngine.score(prompt, [label]) once per label, 10 encoder passes (what the
   batched scoring replaces).
 
-Times are per text. Machines are noisy: read the ratios of medians, not the absolute numbers.
-Prints JSON.
+And for many prompts at once (engine calls of up to the batch size's prompts, HFEngine.score_batch),
+timed per batch in the same run:
+
+- batch_together: Service.classify(texts=all bench texts, labels), one engine call for them all;
+- batch_one_by_one: the same texts, one Service.classify call each (what a call per text costs);
+- multi_label_together: Service.classify([text], labels, multi_label=True), the 10 label-vs-partner
+  prompts in one engine call;
+- multi_label_one_by_one: those 10 prompts scored one engine call each.
+
+Times are per text, or per batch for the batch arms. Machines are noisy: read the ratios of medians,
+not the absolute numbers. Prints JSON.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from pathlib import Path
 import torch
 
 from app.engines.hf import HFEngine
-from app.service import Service
+from app.service import PARTNER_LABELS, Service
 from app.settings import Settings
 from app.tasks import load_templates
 from bench.base_model import build_base_model
@@ -93,6 +102,17 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     times = run_interleaved(arms, TEXTS, args.rounds)
+    partner = {label: next(p for p in PARTNER_LABELS if p != label) for label in LABELS}
+    pair_prompts = {text: [templates.render("classification", labels=f"{label},{partner[label]}", text=text)
+                           for label in LABELS] for text in TEXTS}
+    batch_arms = {
+        "batch_together": lambda texts: service.classify(texts, LABELS),
+        "batch_one_by_one": lambda texts: [service.classify([text], LABELS) for text in texts],
+        "multi_label_together": lambda texts: service.classify(texts[:1], LABELS, multi_label=True),
+        "multi_label_one_by_one": lambda texts: [engine.score(prompt, [label, partner[label]])
+                                                 for prompt, label in zip(pair_prompts[texts[0]], LABELS)],
+    }
+    times.update(run_interleaved(batch_arms, [list(TEXTS)], args.rounds))
 
     arm_stats = {name: summary(values) for name, values in times.items()}
     median = {name: stats["median_ms"] for name, stats in arm_stats.items()}
@@ -117,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             "constrained_over_free_generation_longest":
                 round(median["constrained"] / median["free_generation_longest"], 2),
             "one_label_at_a_time_over_constrained": round(median["one_label_at_a_time"] / median["constrained"], 2),
+            "batch_one_by_one_over_together": round(median["batch_one_by_one"] / median["batch_together"], 2),
+            "multi_label_one_by_one_over_together":
+                round(median["multi_label_one_by_one"] / median["multi_label_together"], 2),
         },
         "note": "Random weights: the outputs are noise, only the time counts. Times are per text (one "
                 "request); the arms ran interleaved in one run, so read the ratios of medians. Token "
