@@ -128,6 +128,11 @@ async def _until_done_or_gone(request: Request, work: Callable[[threading.Event]
     return await task
 
 
+def _served_by(result: Any) -> dict:
+    """The fields every answer ends with: the engine that served it, the request id, the time taken."""
+    return {"engine": result.engine, "request_id": request_id.get(), "elapsed_ms": round(result.elapsed_ms, 1)}
+
+
 @router.post("/augment")
 async def augment(body: AugmentRequest, request: Request) -> dict:
     result = await _until_done_or_gone(request, lambda cancelled: _service(request).augment(
@@ -137,9 +142,7 @@ async def augment(body: AugmentRequest, request: Request) -> dict:
         "original": body.text,
         "augmented_texts": variants,
         "augmented": variants,
-        "engine": result.engine,
-        "request_id": request_id.get(),
-        "elapsed_ms": round(result.elapsed_ms, 1),
+        **_served_by(result),
     }
 
 
@@ -153,9 +156,7 @@ async def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
             for original, variants in zip(result.originals, result.variants)
         ],
         "augmented_texts": [text for variants in result.variants for text in variants],
-        "engine": result.engine,
-        "request_id": request_id.get(),
-        "elapsed_ms": round(result.elapsed_ms, 1),
+        **_served_by(result),
     }
 
 
@@ -163,8 +164,7 @@ async def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
 async def classify(body: ClassifyRequest, request: Request) -> dict:
     result = await _until_done_or_gone(request, lambda cancelled: _service(request).classify(
         [body.text], body.labels, field_name="text", cancelled=cancelled, **body.options()))
-    return {**result.items[0].as_dict(), "engine": result.engine, "request_id": request_id.get(),
-            "elapsed_ms": round(result.elapsed_ms, 1)}
+    return {**result.items[0].as_dict(), **_served_by(result)}
 
 
 @router.post("/classify_batch")
@@ -174,9 +174,7 @@ async def classify_batch(body: ClassifyBatchRequest, request: Request) -> dict:
     return {
         "results": [{"text": text, **item.as_dict()} for text, item in zip(result.texts, result.items)],
         "labels": result.labels,
-        "engine": result.engine,
-        "request_id": request_id.get(),
-        "elapsed_ms": round(result.elapsed_ms, 1),
+        **_served_by(result),
     }
 
 
@@ -190,9 +188,7 @@ async def generate(body: GenerateRequest, request: Request) -> dict:
         "prompt": result.prompt,
         "outputs": result.outputs,
         "scores": result.scores,
-        "engine": result.engine,
-        "request_id": request_id.get(),
-        "elapsed_ms": round(result.elapsed_ms, 1),
+        **_served_by(result),
     }
 
 

@@ -61,10 +61,14 @@ PUBLIC_FIELDS = ("num_return_sequences", "max_length", "temperature", "top_k", "
 DEFAULTS = GenerationParams()
 
 
+def _sent(values: dict) -> dict:
+    """The public fields a client sent; None means 'use the default'."""
+    return {k: v for k, v in values.items() if k in PUBLIC_FIELDS and v is not None}
+
+
 def params_from(values: dict) -> GenerationParams:
-    """Build params from the public fields a client sent; None means 'use the default'."""
-    picked = {k: v for k, v in values.items() if k in PUBLIC_FIELDS and v is not None}
-    return GenerationParams(**picked)
+    """Build params from the public fields a client sent."""
+    return GenerationParams(**_sent(values))
 
 
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed")
@@ -73,7 +77,7 @@ SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "seed")
 def task_params(values: dict) -> GenerationParams:
     """Decoding for the card's prompt tasks: greedy (one output, the same every time) unless the
     client asks for variety with more than one output or any of temperature, top_k, top_p, seed."""
-    sent = {k: v for k, v in values.items() if k in PUBLIC_FIELDS and v is not None}
+    sent = _sent(values)
     params = GenerationParams(**{"num_return_sequences": 1, **sent})
     if params.num_return_sequences > 1 or any(name in sent for name in SAMPLING_FIELDS):
         return params

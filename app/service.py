@@ -158,25 +158,22 @@ class Service:
         if not engines:
             self._readiness = Readiness(False, "unavailable", "；".join(unavailable.values()))
             return
-        default = next(iter(engines.values()))
-        info = {**default.info(), "engines": list(engines)}
-        if unavailable:
-            info["unavailable"] = unavailable
-        self._readiness = Readiness(True, "ready", None, info)
+        self._readiness = Readiness(True, "ready")
 
     def engine_names(self) -> list[str]:
         """Loaded engines, the default first."""
         return list(self._engines)
 
     def readiness(self) -> Readiness:
-        ready = self._readiness
-        if not ready.ready:
-            return ready
-        # Read the default engine again: what changes while it serves (GPU memory, the decoder it fell
-        # back to) must show.
+        if not self._readiness.ready:
+            return self._readiness
+        # The default engine's details are read at each call: what changes while it serves (GPU memory,
+        # the decoder it fell back to) must show.
         default = next(iter(self._engines.values()))
-        loaded = {key: ready.info[key] for key in ("engines", "unavailable") if key in ready.info}
-        return Readiness(True, "ready", None, {**default.info(), **loaded})
+        info = {**default.info(), "engines": list(self._engines)}
+        if self._unavailable:
+            info["unavailable"] = self._unavailable
+        return Readiness(True, "ready", None, info)
 
     def check_texts(self, texts: list[str], field_name: str) -> list[str]:
         """Refuse an empty or oversized batch and empty or over-long texts; return them stripped."""

@@ -95,7 +95,7 @@ def test_a_pass_larger_than_the_cache_budget_runs_in_chunks(model_and_tokenizer,
     decoder = decoder_for(model, mode)
     params = greedy(16)
     # Room for 3 prompts' cache: passes of 3 exact prompts, or of 1 where prompts are rounded up to 1, 4, 16, ...
-    monkeypatch.setattr(fast_decode, "CACHE_BUDGET_BYTES", 3 * _cache_bytes(decoder, 16))
+    monkeypatch.setattr(fast_decode, "CACHE_BUDGET_BYTES", 3 * 16 * fast_decode.kv_bytes(model.config, model.dtype))
     assert decoder.prompts_per_call(16, 1) == 3
     with torch.inference_mode():
         encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True).to(model.device)
@@ -105,11 +105,6 @@ def test_a_pass_larger_than_the_cache_budget_runs_in_chunks(model_and_tokenizer,
     pad = model.config.pad_token_id
     joined = torch.cat([torch.nn.functional.pad(chunk, (0, 16 - chunk.shape[1]), value=pad) for chunk in chunks])
     assert same_tokens(joined, expected, pad)
-
-
-def _cache_bytes(decoder: FastDecoder, steps: int) -> int:
-    """Self-attention cache of one row over `steps` positions."""
-    return decoder.layers * 2 * decoder.inner * steps * torch.finfo(decoder.dtype).bits // 8
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -55,6 +55,11 @@ def supports(model, dtype) -> bool:
             and not getattr(config, "is_decoder", False) and hasattr(model, "get_decoder"))
 
 
+def kv_bytes(config, dtype) -> int:
+    """Bytes of attention keys and values, over all decoder layers, for one row at one position."""
+    return config.num_decoder_layers * 2 * config.num_heads * config.d_kv * dtype.itemsize
+
+
 def _bucket(value: int, smallest: int, factor: int = 2) -> int:
     """The first of smallest, smallest*factor, smallest*factor**2, ... at or above `value`."""
     size = smallest
@@ -143,6 +148,7 @@ class FastDecoder:
         self.heads = config.num_heads
         self.head_dim = config.d_kv
         self.inner = self.heads * self.head_dim
+        self.kv_bytes = kv_bytes(config, self.dtype)
         self.start_token = config.decoder_start_token_id
         self.eos_token = config.eos_token_id
         self.pad_token = config.pad_token_id
@@ -259,8 +265,7 @@ class FastDecoder:
 
     def prompts_per_call(self, steps: int, per_prompt: int) -> int:
         """Most prompts one pass may take within the cache budget (at least one)."""
-        per_row = self.layers * 2 * self.inner * steps * torch.finfo(self.dtype).bits // 8
-        return max(1, CACHE_BUDGET_BYTES // (per_row * per_prompt))
+        return max(1, CACHE_BUDGET_BYTES // (self.kv_bytes * steps * per_prompt))
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
                  per_prompt: int) -> list[torch.Tensor]:

@@ -156,19 +156,22 @@ class HFEngine:
         vocabulary projection runs once per distinct prefix of a prompt's candidates (labels share
         their first tokens), never on padding.
         """
+        from app.engines.fast_decode import kv_bytes
+
         lengths = [len(ids) for ids in self._tokenizer([prompt for prompt, _ in items], truncation=True,
                                                        max_length=self._max_input_tokens).input_ids]
-        per_row_token = self._model.config.num_decoder_layers * 2 * self._model.config.d_model * self._dtype.itemsize
+        per_row_token = kv_bytes(self._model.config, self._dtype)
         results: list[list[float]] = []
-        group: list[int] = []
-        for index in range(len(items)):
-            rows = sum(len(items[i][1]) for i in [*group, index])
-            if group and rows * max(lengths[i] for i in [*group, index]) * per_row_token > SCORE_BUDGET_BYTES:
-                results.extend(self._score_group([items[i] for i in group]))
-                group = []
-            group.append(index)
+        group: list[tuple[str, list[str]]] = []
+        rows = longest = 0
+        for item, length in zip(items, lengths):
+            rows, longest = rows + len(item[1]), max(longest, length)
+            if group and rows * longest * per_row_token > SCORE_BUDGET_BYTES:
+                results.extend(self._score_group(group))
+                group, rows, longest = [], len(item[1]), length
+            group.append(item)
         if group:
-            results.extend(self._score_group([items[i] for i in group]))
+            results.extend(self._score_group(group))
         return results
 
     def _score_group(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
