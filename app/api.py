@@ -47,7 +47,9 @@ class UTF8JSONResponse(JSONResponse):
     media_type = "application/json; charset=utf-8"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        # A lone surrogate a client sent (say, as an unknown field's name) is written as its \\u escape,
+        # which is what it was in the request: UTF-8 has no encoding for it.
+        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 
 class _GenerationFields(BaseModel):
@@ -229,6 +231,9 @@ def _from_validation(exc: RequestValidationError) -> DppError:
     kind, field = first["type"], _field_name(tuple(first["loc"]))
     if kind == "json_invalid":
         return MalformedJSON(f"请求体不是合法的 JSON：{first.get('ctx', {}).get('error', first['msg'])}")
+    if kind == "string_unicode":  # a field's name with a lone surrogate in it (values reach the service)
+        return InvalidParameter(f"字段名 {repr(first.get('input'))[:_ECHO_CHARS]} 含有不成对的代理码位，"
+                                "不是有效的 Unicode 字符（请检查 JSON 里的 \\u 转义）", field=field)
     if field is None:
         if isinstance(first.get("input"), bytes):
             return MalformedJSON("请求体需要是 JSON，并带上请求头 Content-Type: application/json")
@@ -272,11 +277,6 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8J
     return error_response(error)
 
 
-async def _on_unexpected(request: Request, exc: Exception) -> UTF8JSONResponse:
-    log.exception("%s %s failed (%s)", request.method, request.url.path, type(exc).__name__)
-    return error_response(DppError("服务器内部错误，请查看日志（按 request_id 检索）"))
-
-
 class RequestContext:
     """ASGI middleware: a request id for every log line and response, and the body size limit."""
 
@@ -292,13 +292,29 @@ class RequestContext:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
         token = request_id.set(rid)
-        send = self._tagged(send, rid)
+        started = False
+
+        async def tagged_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
+            await send(message)
+
         try:
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                await error_response(self._too_large())(scope, receive, send)
+                await error_response(self._too_large())(scope, receive, tagged_send)
                 return
-            await self.app(scope, self._limited(receive), send)
+            await self.app(scope, self._limited(receive), tagged_send)
+        except Exception:
+            # Answered here rather than by an app-level handler: Starlette runs that one outside this
+            # middleware, where the request id (in the log line, the answer and its header) is gone.
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            if started:  # too late for an answer of our own: the server closes the connection
+                raise
+            await error_response(DppError("服务器内部错误，请查看日志（按 request_id 检索）"))(
+                scope, receive, tagged_send)
         finally:
             request_id.reset(token)
 
@@ -318,15 +334,6 @@ class RequestContext:
             return message
 
         return limited_receive
-
-    @staticmethod
-    def _tagged(send, rid: str):
-        async def tagged_send(message):
-            if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
-            await send(message)
-
-        return tagged_send
 
 
 def _method_not_allowed(request: Request) -> None:
@@ -357,5 +364,4 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_exception_handler(DppError, _on_dpp_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(Exception, _on_unexpected)
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)

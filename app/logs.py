@@ -26,7 +26,7 @@ def configure_logging(log_dir: Path, level: str) -> Path:
     path = log_dir / LOG_FILE
     formatter = logging.Formatter(FORMAT)
     file_handler = logging.handlers.TimedRotatingFileHandler(
-        path, when="midnight", backupCount=DAYS_KEPT, encoding="utf-8"
+        path, when="midnight", backupCount=DAYS_KEPT, encoding="utf-8", errors="backslashreplace"
     )
     console = logging.StreamHandler()
     root = logging.getLogger()

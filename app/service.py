@@ -14,6 +14,7 @@ from app.batcher import Batcher, Ticket
 from app.engines import Engine
 from app.errors import (
     BatchTooLarge,
+    DppError,
     EngineContractError,
     EngineUnavailable,
     InvalidParameter,
@@ -110,6 +111,15 @@ def match_labels(raw: str, labels: list[str], multi_label: bool) -> tuple[list[s
     return hits, all(label is not None for label in found)
 
 
+def _check_encodable(text: str, name: str, error: type[DppError]) -> None:
+    """Refuse a lone surrogate (JSON allows "\\ud800" with no pair, UTF-8 and the tokenizer do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise error(f"{name} 第 {exc.start + 1} 个字符 U+{ord(text[exc.start]):04X} 是不成对的代理码位，"
+                    "不是有效的 Unicode 字符（请检查 JSON 里的 \\u 转义）", field=name) from None
+
+
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
@@ -187,6 +197,7 @@ class Service:
 
     def check_text(self, text: str, name: str) -> str:
         clean = text.strip()
+        _check_encodable(clean, name, InvalidParameter)
         if not clean:
             raise TextEmpty(f"{name} 为空或只有空白", field=name)
         if len(clean) > self.settings.max_text_chars:
@@ -206,6 +217,7 @@ class Service:
             where = f"第 {index + 1} 个标签"
             if not label:
                 raise LabelsInvalid(f"{where}为空", field=name)
+            _check_encodable(label, name, LabelsInvalid)
             if not from_string and LABEL_SEPARATORS.search(label):
                 raise LabelsInvalid(f"{where}“{label[:30]}”含有逗号或顿号：每个标签请单独作为一项", field=name)
             if "\n" in label or "\r" in label:

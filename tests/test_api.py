@@ -142,6 +142,35 @@ def test_batch_errors_name_the_item(live_server):
     assert_error(post(live_server, "/augment_batch", {"text": "好"}), 422, "invalid_parameter", "texts")
 
 
+LONE = "好\ud800评"  # JSON may escape half a surrogate pair ("\ud800"); no UTF-8 text holds one
+
+
+@pytest.mark.parametrize("path, body, code, field", [
+    ("/augment", {"text": LONE}, "invalid_parameter", "text"),
+    ("/augment_batch", {"texts": ["好", LONE]}, "invalid_parameter", "texts[1]"),
+    ("/classify", {"text": LONE, "labels": ["物流", "价格"]}, "invalid_parameter", "text"),
+    ("/classify", {"text": TEXT, "labels": ["物流", LONE]}, "labels_invalid", "labels[1]"),
+    ("/classify_batch", {"texts": [TEXT], "labels": f"物流、{LONE}"}, "labels_invalid", "labels"),
+    ("/generate", {"task": "question_generation", "passage": TEXT, "answer": LONE}, "invalid_parameter", "answer"),
+])
+def test_a_lone_surrogate_is_422_naming_the_field_and_the_character(live_server, path, body, code, field):
+    error = assert_error(post(live_server, path, {**body, **FAST} if "labels" not in body else body), 422,
+                         code, field)
+    assert "U+D800" in error["message"]
+
+
+@pytest.mark.parametrize("path, body, code, field, shown", [
+    ("/generate", {"task": "title", "te\udc00xt": TEXT}, "invalid_parameter", None, "代理码位"),
+    ("/augment", {"text": TEXT, "x\ud800": 1}, "invalid_parameter", None, "代理码位"),
+    ("/generate", {"task": "t\udfffitle", "text": TEXT}, "invalid_parameter", "task", "\\udfff"),
+    ("/augment", {"text": TEXT, "engine": "\ud83d"}, "engine_unavailable", "engine", "\\ud83d"),
+])
+def test_lone_surrogates_in_names_are_422_and_shown_escaped(live_server, path, body, code, field, shown):
+    response = post(live_server, path, body)
+    response.content.decode("utf-8")  # the answer is UTF-8 throughout
+    assert shown in assert_error(response, 422, code, field)["message"]
+
+
 def test_an_oversized_batch_is_batch_too_large(live_server):
     error = assert_error(post(live_server, "/augment_batch", {"texts": ["好"] * 51}), 422,
                          "batch_too_large", "texts")
@@ -223,3 +252,50 @@ def test_deeply_nested_json_is_a_client_error(live_server):
     response = requests.post(live_server.url + "/augment", data=b"[" * 100000 + b"]" * 100000,
                              headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code in (400, 422)
+
+
+def test_an_unexpected_failure_is_a_500_in_the_error_format_that_keeps_the_request_id():
+    """No client input reaches this (the tests above), so a route that fails on purpose stands in for a bug."""
+    import logging
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from app import api
+    from app.logs import request_id
+    from tests.conftest import free_port
+
+    app = FastAPI()
+
+    @app.post("/fails")
+    def fails() -> None:
+        raise RuntimeError("a bug")
+
+    api.install(app, max_body_bytes=1000)
+    logged = []
+
+    class Remember(logging.Handler):
+        def emit(self, record):
+            logged.append((request_id.get(), record.getMessage(), record.exc_info is not None))
+
+    remember = Remember(logging.ERROR)
+    logging.getLogger("app.api").addHandler(remember)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        response = requests.post(f"http://127.0.0.1:{port}/fails", json={}, headers={"X-Request-ID": "bug-7"},
+                                 timeout=10)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        logging.getLogger("app.api").removeHandler(remember)
+    error = assert_error(response, 500, "internal")
+    assert response.json()["request_id"] == "bug-7" and "a bug" not in error["message"]
+    assert logged == [("bug-7", "POST /fails failed", True)]
