@@ -94,17 +94,45 @@ def test_a_pass_larger_than_the_cache_budget_runs_in_chunks(model_and_tokenizer,
     model, tokenizer = model_and_tokenizer
     decoder = decoder_for(model, mode)
     params = greedy(16)
-    # Room for 3 prompts' cache: passes of 3 exact prompts, or of 1 where prompts are rounded up to 1, 4, 16, ...
-    monkeypatch.setattr(fast_decode, "CACHE_BUDGET_BYTES", 3 * 16 * fast_decode.kv_bytes(model.config, model.dtype))
-    assert decoder.prompts_per_call(16, 1) == 3
     with torch.inference_mode():
         encoded = tokenizer(PROMPTS, return_tensors="pt", padding=True).to(model.device)
+        # Room for 3 prompts' keys and values (16 of their own, one per prompt token): passes of 3 exact
+        # prompts, or of 1 where shapes are rounded up (prompts to 1, 4, 16, ...; prompt tokens to 64, ...).
+        source = encoded.input_ids.shape[1]
+        budget = 3 * (16 + source) * fast_decode.kv_bytes(model.config, model.dtype)
+        monkeypatch.setattr(fast_decode, "CACHE_BUDGET_BYTES", budget)
+        assert decoder.prompts_per_call(16, 1, source) == 3
+        assert decoder.prompts_per_call(16, 1, 4 * source) < 3 < decoder.prompts_per_call(16, 1, source // 4)
         chunks = decoder.generate(encoded.input_ids, encoded.attention_mask, params, 1)
         expected = reference(model, encoded, params)
     assert [len(chunk) for chunk in chunks] == ([3, 2] if mode == "eager" else [1] * 5)
+    assert all(decoder.cache_bytes(shape) <= budget for shape in decoder.graphs)
     pad = model.config.pad_token_id
     joined = torch.cat([torch.nn.functional.pad(chunk, (0, 16 - chunk.shape[1]), value=pad) for chunk in chunks])
     assert same_tokens(joined, expected, pad)
+
+
+@pytest.mark.parametrize("mode", ["reused", "graphs"])
+def test_buffers_kept_between_calls_stay_within_their_budget(model_and_tokenizer, monkeypatch, mode):
+    """Calls of many shapes keep the most recent shapes' buffers, within KEPT_BYTES and MAX_GRAPHS; what a
+    call needs evicts the least recently used, and a kept shape is reused as it is."""
+    model, tokenizer = model_and_tokenizer
+    decoder = decoder_for(model, mode)
+    # Room for the buffers of 16 and of 128 new tokens (one prompt, up to 64 prompt tokens) together.
+    monkeypatch.setattr(fast_decode, "KEPT_BYTES", sum(decoder.buffer_bytes(fast_decode._Shape(1, 1, 64, steps))
+                                                       for steps in (16, 128)))
+    with torch.inference_mode():
+        encoded = tokenizer(PROMPTS[:1], return_tensors="pt", padding=True).to(model.device)
+        first_buffers = {}
+        for steps in (16, 32, 16, 64, 16, 128):
+            decoder.generate(encoded.input_ids, encoded.attention_mask, greedy(steps), 1)
+            assert decoder.kept_bytes() <= fast_decode.KEPT_BYTES and len(decoder.graphs) <= fast_decode.MAX_GRAPHS
+            latest, buffers = list(decoder.graphs.items())[-1]
+            assert latest.steps == steps  # the call's own shape, most recently used
+            first_buffers.setdefault(steps, buffers)
+    # 16 new tokens came back often enough to stay, on the same buffers; 32 and 64 went for 128's room.
+    assert [shape.steps for shape in decoder.graphs] == [16, 128]
+    assert next(iter(decoder.graphs.values())) is first_buffers[16]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -202,3 +230,22 @@ def test_label_scores_on_the_gpu_agree_with_the_cpu(tiny_models):
     labels = ["体育", "财经", "娱乐", "科技", "物流慢", "物流"]
     for prompt in PROMPTS:
         assert gpu.score(prompt, labels) == pytest.approx(cpu.score(prompt, labels), abs=GPU_SCORE_TOLERANCE)
+
+
+def test_mt5_base_in_bfloat16_takes_64_short_prompts_per_pass_and_bounds_long_ones():
+    """The sizes the budgets were set for, on the real model's shape (meta tensors: no weights are made)."""
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    from bench.base_model import BASE_SHAPE
+
+    with torch.device("meta"):
+        model = MT5ForConditionalGeneration(MT5Config(**BASE_SHAPE)).to(torch.bfloat16)
+    decoder = FastDecoder(model, use_graphs=False, reuse_buffers=True)
+    # 64 texts of up to 64 tokens, 3 variants of 32 tokens each: one pass, and its buffers are kept.
+    assert fast_decode._prompt_bucket_within(decoder.prompts_per_call(32, 3, 64)) == 64
+    assert decoder.buffer_bytes(fast_decode._Shape(64, 3, 64, 32)) <= fast_decode.KEPT_BYTES
+    # The longest prompts (512 tokens) with the longest outputs (512 new tokens): fewer prompts per pass,
+    # never more keys and values than the budget.
+    for steps, source in [(128, 512), (512, 512), (512, 64)]:
+        prompts = fast_decode._prompt_bucket_within(decoder.prompts_per_call(steps, 3, source))
+        assert decoder.cache_bytes(fast_decode._Shape(prompts, 3, source, steps)) <= fast_decode.CACHE_BUDGET_BYTES

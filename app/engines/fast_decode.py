@@ -35,13 +35,17 @@ from app.params import GenerationParams
 
 log = logging.getLogger(__name__)
 
-# Bytes of self-attention cache one pass may hold: for mT5-base in bfloat16, 192 rows (64 prompts of 3
-# variants) of 32 positions take 226 MB. Longer outputs run fewer prompts per pass. With the weights
-# (1.2 GB) and the graphs kept, serving stays within about 2.5 GB of GPU memory.
-CACHE_BUDGET_BYTES = 256 * 2**20
-# Captured graphs kept, least recently used dropped first; each holds its own buffers, and those
-# kept besides the one in use hold at most another CACHE_BUDGET_BYTES.
+# Bytes of attention keys and values one pass may hold: the variants' own (self-attention: a row per
+# variant, a position per new token) and their prompts' (cross-attention: once per prompt, a position per
+# prompt token). For mT5-base in bfloat16, 64 prompts of up to 64 tokens with 3 variants of 32 new tokens
+# take 377 MB (226 of them self-attention). Longer prompts or outputs run fewer prompts per pass, so what
+# clients send never takes more.
+CACHE_BUDGET_BYTES = 384 * 2**20
+# Buffers kept between calls for their shapes (graphs replay on them), the call's own included, least
+# recently used dropped first: at most this many shapes, and at most KEPT_BYTES of caches and logits.
+# With the weights (1.2 GB) and one pass's passing tensors, serving stays within about 2.5 GB of GPU memory.
 MAX_GRAPHS = 8
+KEPT_BYTES = 512 * 2**20
 # On CUDA, rows are checked for their end token every this many steps (each check waits for the GPU).
 CHECK_EVERY_CUDA = 8
 
@@ -118,11 +122,6 @@ class _Buffers:
         self.logits: torch.Tensor | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    @property
-    def bytes(self) -> int:
-        tensors = (self.self_cache, self.cross_cache, self.self_bias, self.logits)
-        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
-
     def load(self, cross: torch.Tensor, mask: torch.Tensor) -> None:
         """Put a call's cross-attention keys/values and encoder mask in; unused rows attend freely."""
         prompts, source = cross.shape[2], cross.shape[4]
@@ -149,6 +148,7 @@ class FastDecoder:
         self.head_dim = config.d_kv
         self.inner = self.heads * self.head_dim
         self.kv_bytes = kv_bytes(config, self.dtype)
+        self.vocab = config.vocab_size
         self.start_token = config.decoder_start_token_id
         self.eos_token = config.eos_token_id
         self.pad_token = config.pad_token_id
@@ -249,6 +249,14 @@ class FastDecoder:
         buffers.graph.replay()
         return buffers.logits
 
+    def _shape(self, prompts: int, per_prompt: int, source: int, steps: int) -> _Shape:
+        """A pass's shape: exact, or with reused buffers rounded up to few sizes, so that buffers and
+        captured graphs serve many calls."""
+        if not self.reuse_buffers:
+            return _Shape(prompts, per_prompt, source, steps)
+        return _Shape(_prompt_bucket(prompts), per_prompt, _bucket(source, SOURCE_BUCKET),
+                      _bucket(steps, STEPS_BUCKET))
+
     def _buffers(self, shape: _Shape) -> _Buffers:
         if not self.reuse_buffers:
             return _Buffers(self, shape)
@@ -256,21 +264,33 @@ class FastDecoder:
             self.graphs.move_to_end(shape)
             return self.graphs[shape]
         while self.graphs and (len(self.graphs) >= MAX_GRAPHS
-                               or sum(b.bytes for b in self.graphs.values()) > CACHE_BUDGET_BYTES):
+                               or self.kept_bytes() + self.buffer_bytes(shape) > KEPT_BYTES):
             self.graphs.popitem(last=False)
         buffers = self.graphs[shape] = _Buffers(self, shape)
         return buffers
 
+    def cache_bytes(self, shape: _Shape) -> int:
+        """Self- and cross-attention keys and values of a pass of this shape."""
+        return self.kv_bytes * (shape.rows * shape.steps + shape.prompts * shape.source)
+
+    def buffer_bytes(self, shape: _Shape) -> int:
+        """What a shape's buffers hold at most: its caches, and the logits a captured step keeps."""
+        return self.cache_bytes(shape) + shape.rows * self.vocab * self.dtype.itemsize
+
+    def kept_bytes(self) -> int:
+        return sum(self.buffer_bytes(shape) for shape in self.graphs)
+
     # --- a whole call ---------------------------------------------------------------------------
 
-    def prompts_per_call(self, steps: int, per_prompt: int) -> int:
-        """Most prompts one pass may take within the cache budget (at least one)."""
-        return max(1, CACHE_BUDGET_BYTES // (self.kv_bytes * steps * per_prompt))
+    def prompts_per_call(self, steps: int, per_prompt: int, source: int) -> int:
+        """Most prompts of `source` tokens one pass may take within the cache budget (at least one)."""
+        return max(1, CACHE_BUDGET_BYTES // self.cache_bytes(_Shape(1, per_prompt, source, steps)))
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, params: GenerationParams,
                  per_prompt: int) -> list[torch.Tensor]:
         """Token ids of `per_prompt` outputs per prompt, prompt by prompt, as chunks of rows [rows, length]."""
-        limit = self.prompts_per_call(_bucket(params.max_length, STEPS_BUCKET), per_prompt)
+        one = self._shape(1, per_prompt, input_ids.shape[1], params.max_length)
+        limit = self.prompts_per_call(one.steps, per_prompt, one.source)
         if self.reuse_buffers:  # a pass's prompts are rounded up to a bucket: stay within the budget
             limit = _prompt_bucket_within(limit)
         return [self._generate(input_ids[start:start + limit], attention_mask[start:start + limit], params,
@@ -279,11 +299,7 @@ class FastDecoder:
 
     def _generate(self, input_ids, attention_mask, params: GenerationParams, per_prompt: int) -> torch.Tensor:
         prompts, source = input_ids.shape
-        if self.reuse_buffers:  # few distinct shapes, so that buffers and captured graphs are reused
-            shape = _Shape(_prompt_bucket(prompts), per_prompt, _bucket(source, SOURCE_BUCKET),
-                           _bucket(params.max_length, STEPS_BUCKET))
-        else:
-            shape = _Shape(prompts, per_prompt, source, params.max_length)
+        shape = self._shape(prompts, per_prompt, source, params.max_length)
         buffers = self._buffers(shape)
         hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         cross = (F.linear(hidden, self.cross_weight)
