@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import re
 import tempfile
 import time
 import uuid
@@ -51,17 +52,43 @@ COPY_JS = """(text) => {
 CSS = ".dpp-banner {padding: 0.6em 1em; border-radius: 8px; background: var(--block-background-fill);}"
 
 
-def _shown_in_page(handler):
-    """Turn the service's errors into a readable message in the page, never a stack trace."""
+# The boxes of the tasks' fields.
+FIELD_LABELS = {"text": "输入文本", "passage": "段落", "answer": "答案"}
+# The service's messages name the API's fields ("text 为空或只有空白"); the page names its own controls.
+PAGE_FIELDS = {**FIELD_LABELS, "num_return_sequences": "生成数量", "temperature": "温度", "max_length": "最大长度",
+               "top_k": "Top-K", "top_p": "Top-P", "threshold": "多标签阈值"}
+_BATCH_ITEM = re.compile(r"texts\[(\d+)\]")
 
-    @functools.wraps(handler)
-    def wrapper(*args, **kwargs):
-        try:
-            return handler(*args, **kwargs)
-        except DppError as exc:
-            raise gr.Error(exc.message, title="请求未完成", print_exception=False) from exc
 
-    return wrapper
+def _in_page_words(error: DppError) -> str:
+    """The message with a leading API field name put as the page shows it: "输入文本", "第 3 条文本"."""
+    field, message = error.field, error.message
+    if not field or not message.startswith(field):
+        return message
+    item = _BATCH_ITEM.fullmatch(field)
+    shown = f"第 {int(item[1]) + 1} 条文本" if item else PAGE_FIELDS.get(field)
+    return shown + message[len(field):] if shown else message
+
+
+def _shown_as_error(words):
+    """A handler decorator: the service's errors become a readable message (`words(error)`), never a stack trace."""
+
+    def decorate(handler):
+        @functools.wraps(handler)
+        def wrapper(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except DppError as exc:
+                raise gr.Error(words(exc), title="请求未完成", print_exception=False) from exc
+
+        return wrapper
+
+    return decorate
+
+
+# Page events speak of the page's boxes; the Gradio API's endpoints of the fields their clients sent.
+_shown_in_page = _shown_as_error(_in_page_words)
+_shown_to_client = _shown_as_error(lambda error: error.message)
 
 
 def _whole(value):
@@ -188,7 +215,7 @@ def _checked_strings(values: object, field: str) -> list[str]:
     return values
 
 
-@_shown_in_page
+@_shown_to_client
 def api_augment(service: Service, text, num_return_sequences, max_length, temperature, top_k, top_p,
                 seed, engine) -> list[str]:
     params = ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed)
@@ -196,7 +223,7 @@ def api_augment(service: Service, text, num_return_sequences, max_length, temper
     return service.augment(texts, params, engine=engine, field_name="text").variants[0]
 
 
-@_shown_in_page
+@_shown_to_client
 def api_augment_batch(service: Service, texts, num_return_sequences, max_length, temperature, top_k,
                       top_p, seed, engine) -> list[list[str]]:
     params = ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed)
@@ -205,9 +232,6 @@ def api_augment_batch(service: Service, texts, num_return_sequences, max_length,
 
 
 MODE_CHOICES = [("约束打分：答案一定是候选标签之一", "constrained"), ("自由生成：模型原样输出（对照用）", "generate")]
-FIELD_LABELS = {"text": "输入文本", "passage": "段落", "answer": "答案"}
-
-
 def _percent(probability: float) -> str:
     return f"{probability:.1%}"
 
@@ -268,7 +292,7 @@ def on_task(service: Service, names: list[str], task, sample, *values):
     return "\n".join(result.outputs), scores, result.prompt, status
 
 
-@_shown_in_page
+@_shown_to_client
 def api_classify(service: Service, text, labels, mode, multi_label, threshold, engine) -> dict:
     texts = _checked_strings([text], "text")
     result = service.classify(texts, labels, mode=mode, multi_label=multi_label, threshold=threshold,

@@ -135,5 +135,31 @@ def test_a_task_runs_from_the_page(served):
                                            "北京", *controls)
     assert prompt == "根据给定的段落和答案生成对应的问题。\n段落：北京是首都\n答案：北京"
     assert not scores.visible and len(output.splitlines()) <= 3
-    with pytest.raises(Exception, match="answer 为空"):
-        ui.on_task(served, names, "question_generation", False, "", "北京是首都", "", *controls)
+    assert shown_error(ui.on_task, served, names, "question_generation", False, "", "北京是首都", "",
+                       *controls).startswith("答案 为空")
+
+
+def shown_error(handler, *args) -> str:
+    """The message a handler's gr.Error puts in front of the user."""
+    with pytest.raises(Exception) as caught:
+        handler(*args)
+    assert type(caught.value).__name__ == "Error"
+    return caught.value.message
+
+
+def test_page_errors_name_the_page_controls_and_api_errors_the_fields(served):
+    """The page says 输入文本 or 第 2 条文本 where the API says text or texts[1]; Gradio API clients keep
+    the names they sent."""
+    long_text = "长" * 1001
+    controls = (3, 0.8, 8, 50, 0.95, "")
+    assert shown_error(ui.on_augment, served, long_text, None, *controls).startswith("输入文本 共 1001 字")
+    assert shown_error(ui.on_augment_batch, served, f"好\n\n{long_text}", None, *controls).startswith(
+        "第 2 条文本 共 1001 字")
+    assert shown_error(ui.on_classify, served, " ", ["物流", "价格"], "constrained", False, 0.5).startswith(
+        "输入文本 为空")
+    assert shown_error(ui.on_classify, served, "物流很快", ["物流", "价格"], "constrained", True, 1.5).startswith(
+        "多标签阈值 必须")
+    assert shown_error(ui.api_augment_batch, served, ["好", long_text], 3, 8, 0.8, 50, 0.95, None,
+                       None).startswith("texts[1] 共 1001 字")
+    assert shown_error(ui.api_classify, served, " ", ["物流", "价格"], "constrained", False, 0.5,
+                       None).startswith("text 为空")
