@@ -211,15 +211,22 @@ def on_augment_batch(service: Service, text, engine, n, temperature, max_length,
 
 def _checked_strings(values: object, field: str) -> list[str]:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-        raise InvalidParameter(f"{field} 应为字符串列表", field=field)
+        raise InvalidParameter(f"{field} 应为字符串列表（收到 {repr(values)[:80]}）", field=field)
     return values
+
+
+def _checked_string(value: object, field: str) -> list[str]:
+    """One text as the one-item batch the service takes."""
+    if not isinstance(value, str):
+        raise InvalidParameter(f"{field} 应为字符串（收到 {repr(value)[:80]}）", field=field)
+    return [value]
 
 
 @_shown_to_client
 def api_augment(service: Service, text, num_return_sequences, max_length, temperature, top_k, top_p,
                 seed, engine) -> list[str]:
     params = ui_params(num_return_sequences, max_length, temperature, top_k, top_p, seed)
-    texts = _checked_strings([text], "text")
+    texts = _checked_string(text, "text")
     return service.augment(texts, params, engine=engine, field_name="text").variants[0]
 
 
@@ -294,7 +301,7 @@ def on_task(service: Service, names: list[str], task, sample, *values):
 
 @_shown_to_client
 def api_classify(service: Service, text, labels, mode, multi_label, threshold, engine) -> dict:
-    texts = _checked_strings([text], "text")
+    texts = _checked_string(text, "text")
     result = service.classify(texts, labels, mode=mode, multi_label=multi_label, threshold=threshold,
                               engine=engine, field_name="text")
     return {**result.items[0].as_dict(), "engine": result.engine}

@@ -163,3 +163,6 @@ def test_page_errors_name_the_page_controls_and_api_errors_the_fields(served):
                        None).startswith("texts[1] 共 1001 字")
     assert shown_error(ui.api_classify, served, " ", ["物流", "价格"], "constrained", False, 0.5,
                        None).startswith("text 为空")
+    assert shown_error(ui.api_augment, served, 5, 3, 8, 0.8, 50, 0.95, None, None) == "text 应为字符串（收到 5）"
+    assert shown_error(ui.api_augment_batch, served, "好", 3, 8, 0.8, 50, 0.95, None,
+                       None) == "texts 应为字符串列表（收到 '好'）"
