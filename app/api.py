@@ -47,8 +47,8 @@ class UTF8JSONResponse(JSONResponse):
     media_type = "application/json; charset=utf-8"
 
     def render(self, content: Any) -> bytes:
-        # A lone surrogate a client sent (say, as an unknown field's name) is written as its \\u escape,
-        # which is what it was in the request: UTF-8 has no encoding for it.
+        # Should a lone surrogate a client sent (JSON allows "\\ud800") reach an answer, it is written as
+        # the \\u escape it came as: UTF-8 has no encoding for it, and the answer must not fail.
         return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "backslashreplace")
 
 

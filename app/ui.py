@@ -239,6 +239,8 @@ def api_augment_batch(service: Service, texts, num_return_sequences, max_length,
 
 
 MODE_CHOICES = [("约束打分：答案一定是候选标签之一", "constrained"), ("自由生成：模型原样输出（对照用）", "generate")]
+
+
 def _percent(probability: float) -> str:
     return f"{probability:.1%}"
 

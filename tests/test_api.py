@@ -171,6 +171,13 @@ def test_lone_surrogates_in_names_are_422_and_shown_escaped(live_server, path, b
     assert shown in assert_error(response, 422, code, field)["message"]
 
 
+def test_an_answer_holding_a_lone_surrogate_writes_its_escape():
+    from app.api import UTF8JSONResponse
+
+    body = UTF8JSONResponse({"名": "好\ud800"}).body
+    assert body == '{"名":"好\\ud800"}'.encode("utf-8") and json.loads(body) == {"名": "好\ud800"}
+
+
 def test_an_oversized_batch_is_batch_too_large(live_server):
     error = assert_error(post(live_server, "/augment_batch", {"texts": ["好"] * 51}), 422,
                          "batch_too_large", "texts")
