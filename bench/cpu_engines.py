@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.machine import describe, emit, peak_rss, run_interleaved
-from bench.texts import LABELS, TEXTS
+from bench.texts import LABELS, REQUEST, TEXTS
 
 ROOT = Path(__file__).resolve().parent.parent
 # bench.base_model's cache, named here so that the CTranslate2 worker need not import it (it imports
@@ -49,9 +49,6 @@ def base_model_and_ct2() -> Path:
 
 def worker(engine_name: str) -> None:
     """Serve timing requests on stdin ("augment TEXT" / "score TEXT" as JSON) until "rss"."""
-    from app.params import GenerationParams
-
-    request = GenerationParams(num_return_sequences=3, max_length=32, min_new_tokens=32)
     if engine_name == "mt5":  # torch only in this worker, as in a server on that engine
         import torch
 
@@ -73,7 +70,7 @@ def worker(engine_name: str) -> None:
             return
         started = time.perf_counter()
         if kind == "augment":
-            engine.generate([text], request)
+            engine.generate([text], REQUEST)
         else:
             engine.score(PROMPT.format(text), LABELS)
         print(json.dumps({"ms": (time.perf_counter() - started) * 1000}), flush=True)

@@ -29,13 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-from app.params import GenerationParams
 from bench.machine import describe, emit, run_interleaved
-from bench.texts import TEXTS
+from bench.texts import NEW_TOKENS, REQUEST, TEXTS, VARIANTS
 
 ARMS = {"seed_style": "generate", "ours": "fast"}
-VARIANTS, NEW_TOKENS = 3, 32
-REQUEST = GenerationParams(num_return_sequences=VARIANTS, max_length=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
 
 
 def batch_of(count: int) -> list[str]:

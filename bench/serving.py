@@ -39,11 +39,11 @@ import requests
 from bench.base_model import build_base_model
 from bench.cpu_engines import CT2_DIR, base_model_and_ct2
 from bench.machine import describe, emit, peak_rss
-from bench.texts import TEXTS
+from bench.texts import NEW_TOKENS, TEXTS, VARIANTS
 from tests.conftest import free_port, server_env
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUEST = {"num_return_sequences": 3, "max_length": 32}
+REQUEST = {"num_return_sequences": VARIANTS, "max_length": NEW_TOKENS}
 # Each arm's flags beside the common ones; the ratios compare "batched" (ours) with "seed_style".
 ARMS = {"batched": [], "seed_style": ["--no-coalescing", "--max-batch-size", "1"]}
 
