@@ -3,11 +3,13 @@ machine and writes what they found, with the machine, to JSON.
 
     python -m bench.equivalence [--device cuda] [--out bench/results/equivalence_cuda.json]
 
-The tests (tests/test_fast_decode.py, and tests/test_ct2.py where CTranslate2 is installed) compare on
-the tiny real model, in float32: our decoding loop's greedy tokens with `generate`'s, token for token,
-eagerly, with reused buffers and, on CUDA, with captured graphs; sampling against transformers'
-top-k/top-p warpers; label scores across devices within the tests' stated tolerance. On a GPU machine
-(bench/on_device.sh) this is how the issue's "verified on the device" is kept in bench/results/.
+The tests (tests/test_fast_decode.py, tests/test_decoder_check.py, and tests/test_ct2.py where
+CTranslate2 is installed) compare on the tiny real model, in float32: our decoding loop's greedy tokens
+with `generate`'s, token for token, eagerly, with reused buffers and, on CUDA, with captured graphs;
+sampling against transformers' top-k/top-p warpers; label scores across devices within the tests' stated
+tolerance; and the load-time check of our loop (app/engines/decoder_check.py), on CUDA in bfloat16 too.
+On a GPU machine (bench/on_device.sh) this is how the issue's "verified on the device" is kept in
+bench/results/.
 Beside the test outcomes it records the largest difference between the label log-probabilities
 scored on DEVICE and on the CPU.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from bench.machine import describe, emit
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_FILES = ["tests/test_fast_decode.py", "tests/test_ct2.py"]
+TEST_FILES = ["tests/test_fast_decode.py", "tests/test_decoder_check.py", "tests/test_ct2.py"]
 
 
 def run_tests(files: list[str]) -> dict:

@@ -91,10 +91,13 @@ def measure(rounds: int = 2, text_count: int = len(TEXTS), batch_texts: int = 64
     engines, memory = {}, {}
     for arm, decoder in ARMS.items():
         engines[arm], memory[arm] = _load_warm_and_weigh(torch, model, device, decoder, batch)
-    infos = {arm: {key: engine.info().get(key) for key in ("device", "dtype", "decoder", "load_seconds")}
-             for arm, engine in engines.items()}
+    # decoder_check: the load-time check's figures on this device (its bfloat16 gap is what its tolerance
+    # should be revisited with); decoder_fallback: why our loop does not serve, if it does not.
+    keys = ("device", "dtype", "decoder", "load_seconds", "decoder_check", "decoder_fallback")
+    infos = {arm: {key: engine.info().get(key) for key in keys} for arm, engine in engines.items()}
     if infos["ours"]["decoder"] == "generate":
-        raise SystemExit("the fast decoder did not load (see the warning above): both arms would run generate")
+        why = infos["ours"]["decoder_fallback"] or "see the warning above"
+        raise SystemExit(f"the fast decoder did not load ({why}): both arms would run generate")
 
     calls = {arm: _calls(engine, ARMS[arm]) for arm, engine in engines.items()}
     single = run_interleaved({arm: one for arm, (one, _) in calls.items()}, TEXTS[:text_count], rounds)

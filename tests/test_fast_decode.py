@@ -213,6 +213,7 @@ def test_a_fast_decoder_that_fails_its_warm_up_leaves_generate(tiny_models, capl
     engine._fast = Broken()
     engine._warm_up()
     assert engine.info()["decoder"] == "generate"
+    assert "RuntimeError" in engine.info()["decoder_fallback"]
     assert "failed its warm-up" in caplog.text
     assert len(engine.generate(PROMPTS[:2], greedy(8))) == 2
 

@@ -19,7 +19,8 @@ What makes it cheap:
 The arithmetic is the model's own: its layer norms, feed-forward blocks, embedding, relative
 position bias and lm_head are called as they are; only attention and the cache are ours. In
 float32 its greedy output equals `generate`'s token for token (tests/test_fast_decode.py, and
-`python -m bench.equivalence` on a GPU).
+`python -m bench.equivalence` on a GPU); at every load, HFEngine has app/engines/decoder_check.py prove it
+on the device it will serve on (`teacher_forced` below), or serves with `generate`.
 """
 
 from __future__ import annotations
@@ -297,10 +298,26 @@ class FastDecoder:
                                per_prompt)
                 for start in range(0, input_ids.shape[0], limit)]
 
-    def _generate(self, input_ids, attention_mask, params: GenerationParams, per_prompt: int) -> torch.Tensor:
+    def teacher_forced(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       targets: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [prompts, length, vocab] of each of `targets`' positions given the targets before
+        it, one step at a time through the step `generate` runs (its captured graph where graphs are on):
+        app/engines/decoder_check.py compares them with the model's own forward."""
+        buffers = self._begin(input_ids, attention_mask, 1, targets.shape[1])
+        prompts = input_ids.shape[0]
+        step = self._graphed_step if self.use_graphs else self._step
+        logits = []
+        for t in range(targets.shape[1]):
+            # A copy: a replayed graph writes its next logits over the same tensor.
+            logits.append(step(buffers)[:prompts].to(torch.float32, copy=True))
+            buffers.tokens[:prompts, 0].copy_(targets[:, t])
+            buffers.position.add_(1)
+        return torch.stack(logits, dim=1)
+
+    def _begin(self, input_ids, attention_mask, per_prompt: int, steps: int) -> _Buffers:
+        """The buffers of a pass, loaded with its prompts' cross-attention and set on the start token."""
         prompts, source = input_ids.shape
-        shape = self._shape(prompts, per_prompt, source, params.max_length)
-        buffers = self._buffers(shape)
+        buffers = self._buffers(self._shape(prompts, per_prompt, source, steps))
         hidden = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         cross = (F.linear(hidden, self.cross_weight)
                  .view(prompts, source, self.layers, 2, self.heads, self.head_dim).permute(2, 3, 0, 4, 1, 5))
@@ -309,8 +326,12 @@ class FastDecoder:
         buffers.load(cross, mask)
         buffers.tokens.fill_(self.start_token)
         buffers.position.zero_()
+        return buffers
 
-        rows = prompts * per_prompt
+    def _generate(self, input_ids, attention_mask, params: GenerationParams, per_prompt: int) -> torch.Tensor:
+        buffers = self._begin(input_ids, attention_mask, per_prompt, params.max_length)
+        shape = buffers.shape
+        rows = input_ids.shape[0] * per_prompt
         finished = torch.zeros(shape.rows, dtype=torch.bool, device=self.device)
         finished[rows:] = True  # rows that only fill the shape's bucket
         output = torch.full((shape.rows, params.max_length), self.pad_token, dtype=torch.long, device=self.device)

@@ -6,6 +6,7 @@ import logging
 import time
 from pathlib import Path
 
+from app.engines.decoder_check import FALLBACK, check_decoder
 from app.engines.model_files import inspect_model_dir
 from app.errors import ModelUnavailable
 from app.params import GenerationParams
@@ -80,12 +81,17 @@ class HFEngine:
         # A GPU decodes 64 prompts (192 rows of variants) in about the time of one; a CPU's time grows with rows.
         self.batch_size = 64 if self._device.startswith("cuda") else 16
         self._fast = self._fast_decoder(decoder)
+        self._decoder_fallback: str | None = None  # why the fast loop was chosen but does not serve
+        self._decoder_check: dict | None = None
+        if self._fast is not None:
+            self._check_fast_decoder()
         if self._fast is not None and self._device.startswith("cuda"):
             self._warm_up()
         self._files = files
         self._load_seconds = time.monotonic() - started
-        log.info("Model loaded successfully on %s in %.1f s (dtype=%s layout=%s)",
-                 self._device, self._load_seconds, str(self._dtype).removeprefix("torch."), files.layout)
+        # The operator's log names the directory in full; /readyz and the page, open to anyone, only its name.
+        log.info("Model loaded successfully on %s in %.1f s from %s (dtype=%s layout=%s)", self._device,
+                 self._load_seconds, files.directory, str(self._dtype).removeprefix("torch."), files.layout)
 
     def _fast_decoder(self, decoder: str):
         """Our decoding loop (app/engines/fast_decode.py) unless `generate` is asked for or the model
@@ -101,14 +107,32 @@ class HFEngine:
             return None
         return fast_decode.FastDecoder(self._model, use_graphs=True)
 
+    def _check_fast_decoder(self) -> None:
+        """Serve with our loop only if it agrees with transformers here, on this device and dtype
+        (app/engines/decoder_check.py); otherwise with `generate`, saying why in `info()`."""
+        check = check_decoder(self._model, self._tokenizer, self._fast, self._device, self._dtype)
+        figures = check.figures()
+        if check.passed:
+            self._decoder_check = figures
+            log.info("The fast decoder agrees with transformers on %s: max log-prob gap %s (tolerance %g), "
+                     "%d greedy positions, %.2f s", self._device, figures["max_logprob_gap"], check.tolerance,
+                     check.greedy_positions, check.seconds)
+            return
+        log.warning("The fast decoder failed its check on %s: max log-prob gap %s (tolerance %g), "
+                    "%d greedy positions agreed; using transformers' generate", self._device,
+                    figures["max_logprob_gap"], check.tolerance, check.greedy_positions)
+        self._fast = None
+        self._decoder_fallback = check.reason
+
     def _warm_up(self) -> None:
         """Decode one default request (captures its CUDA graph, so the first client's is fast). Should our
         loop fail on this GPU and torch, serving goes on with `generate` rather than failing requests."""
         try:
             self.generate(["预热"], GenerationParams())
-        except Exception:  # noqa: BLE001 - any failure of the fast path leaves the plain one
+        except Exception as exc:  # noqa: BLE001 - any failure of the fast path leaves the plain one
             log.exception("The fast decoder failed its warm-up on %s; using transformers' generate", self._device)
             self._fast = None
+            self._decoder_fallback = f"自带解码循环在 {self._device} 上预热出错（{type(exc).__name__}），{FALLBACK}"
 
     def info(self) -> dict:
         details = {
@@ -120,6 +144,10 @@ class HFEngine:
             "decoder": "generate" if self._fast is None else self._fast.info()["decoder"],
             "load_seconds": round(self._load_seconds, 2),
         }
+        if self._decoder_fallback is not None:
+            details["decoder_fallback"] = self._decoder_fallback
+        elif self._fast is not None and self._decoder_check is not None:
+            details["decoder_check"] = self._decoder_check
         if self._device.startswith("cuda"):
             details["gpu_memory_peak_bytes"] = self._torch.cuda.max_memory_reserved(self._device)
         return details
