@@ -32,6 +32,9 @@ def parse_flags(argv: list[str]) -> dict:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As uvicorn binds: connections of a server that just stopped (TIME_WAIT) do not hold the port,
+        # a server still listening on it does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -60,10 +63,8 @@ def main(argv: list[str]) -> int:
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                       GRADIO_ANALYTICS_ENABLED="False", DO_NOT_TRACK="1")
 
-    import uvicorn
-
     from app.logs import configure_logging
-    from app.server import create_app
+    from app.server import DrainingServer, create_app
     from app.tasks import TemplatesError
 
     log_file = configure_logging(settings.log_dir, settings.log_level)
@@ -72,11 +73,13 @@ def main(argv: list[str]) -> int:
     except TemplatesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again: end with 0 there.
+    print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)
+    # SIGTERM drains (readiness 503, new work 503, accepted work finishes within --drain-seconds), then
+    # the process ends with 0. A second signal stops it at once; uvicorn raises that one again after its
+    # shutdown, which ends with 0 here too.
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, _exit_cleanly)
-    print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, timeout_graceful_shutdown=5)
+    DrainingServer(app, settings).run()
     return 0
 
 

@@ -8,6 +8,8 @@ class DppError(Exception):
 
     status = 500
     code = "internal"
+    retry_after: int | None = None  # seconds, sent as Retry-After where set
+    headers: dict[str, str] | None = None  # sent with the answer
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -38,6 +40,12 @@ class LabelsInvalid(DppError):
     status, code = 422, "labels_invalid"
 
 
+class WorkTooLarge(DppError):
+    """texts x variants x max_length is over the per-request budget (--max-request-tokens)."""
+
+    status, code = 422, "work_too_large"
+
+
 class EngineUnavailable(DppError):
     status, code = 422, "engine_unavailable"
 
@@ -56,6 +64,10 @@ class NotFound(DppError):
 
 class MethodNotAllowed(DppError):
     status, code = 405, "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: list[str]) -> None:
+        super().__init__(message)
+        self.headers = {"Allow": ", ".join(allow)}
 
 
 class NotReady(DppError):
@@ -76,6 +88,12 @@ class Overloaded(DppError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class Draining(Overloaded):
+    """The server is shutting down (SIGTERM): it finishes what it accepted and takes nothing new."""
+
+    code = "draining"
 
 
 class RequestCancelled(DppError):

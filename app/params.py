@@ -58,12 +58,19 @@ class GenerationParams:
 
 
 PUBLIC_FIELDS = ("num_return_sequences", "max_length", "temperature", "top_k", "top_p", "seed")
+WHOLE_FIELDS = ("num_return_sequences", "max_length", "top_k", "seed")
 DEFAULTS = GenerationParams()
 
 
+def _whole(value: object) -> object:
+    """3.0 is the integer 3 (JSON has one number type; sliders send floats); 3.5 stays, to be refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _sent(values: dict) -> dict:
-    """The public fields a client sent; None means 'use the default'."""
-    return {k: v for k, v in values.items() if k in PUBLIC_FIELDS and v is not None}
+    """The public fields a client sent, integers as integers; None means 'use the default'."""
+    return {k: _whole(v) if k in WHOLE_FIELDS else v for k, v in values.items()
+            if k in PUBLIC_FIELDS and v is not None}
 
 
 def params_from(values: dict) -> GenerationParams:

@@ -1,21 +1,30 @@
-"""`create_app(settings)`: the service, the REST routes, the page, and the engine loading in the background."""
+"""`create_app(settings)`: the service, the REST routes, the page, and the engine loading in the background;
+`DrainingServer`: uvicorn that finishes accepted work on SIGTERM before it exits."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import threading
 
+import uvicorn
 from fastapi import FastAPI
 
 from app import api
+from app.api_errors import UTF8JSONResponse
 from app.engines import engines_to_load, load_engine
+from app.openapi import install_openapi
 from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
 
 log = logging.getLogger(__name__)
+
+# After the drain, what is left open is idle keep-alive connections and the page's event streams.
+CLOSE_CONNECTIONS_S = 2
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -29,10 +38,11 @@ def create_app(settings: Settings) -> FastAPI:
         loader.start()
         yield
 
-    app = FastAPI(title="dpp", default_response_class=api.UTF8JSONResponse, lifespan=lifespan,
+    app = FastAPI(title="dpp", default_response_class=UTF8JSONResponse, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.service = service
-    api.install(app, settings.max_body_bytes)
+    api.install(app, settings)
+    install_openapi(app, settings, service)
     if settings.no_ui:
         api.install_index(app)
         return app
@@ -46,4 +56,47 @@ def _with_page(app: FastAPI, service: Service) -> FastAPI:
 
     from app import ui
 
-    return gr.mount_gradio_app(app, ui.build(service), path="/", footer_links=["api"], css=ui.CSS)
+    # show_error off: an unexpected failure outside our handlers shows Gradio's generic message, not its text.
+    return gr.mount_gradio_app(app, ui.build(service), path="/", footer_links=["api"], css=ui.CSS,
+                               show_error=False)
+
+
+class DrainingServer(uvicorn.Server):
+    """On the first SIGTERM or SIGINT: readiness turns 503 and new work gets 503 at once, work in flight
+    has `drain_seconds` to finish, then the server stops. A second signal stops it at once."""
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                        timeout_graceful_shutdown=CLOSE_CONNECTIONS_S))
+        self._service: Service = app.state.service
+        self._drain_seconds = settings.drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain: asyncio.Task | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:
+        if self._loop is None or self._draining or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        log.warning("%s: draining for up to %.0f s", signal.Signals(sig).name, self._drain_seconds)
+        # A signal handler runs between two bytecodes of the loop's own thread: hand the work to the loop.
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._service.in_flight.start_drain()
+        self._drain = asyncio.ensure_future(self._drain_then_stop())
+
+    async def _drain_then_stop(self) -> None:
+        in_flight = self._service.in_flight
+        if await in_flight.finished(self._drain_seconds):
+            log.info("drained: every accepted request was answered; stopping")
+        else:
+            log.warning("drain time over with %d requests unanswered; they are answered 503 draining", len(in_flight))
+            in_flight.abandon()
+            await in_flight.finished(CLOSE_CONNECTIONS_S)
+        self.should_exit = True

@@ -62,11 +62,15 @@ class Settings:
     max_batch_size: int = _opt(0, "most prompts in one engine call, across the requests it serves; 0: the "
                                   "engine's own (64 for mt5 on a GPU, 16 otherwise)")
     batch_wait_ms: float = _opt(5.0, "longest wait for concurrent requests to join a short engine call")
-    max_queue: int = _opt(64, "most requests waiting for the model; more get a 503 with Retry-After")
+    max_queue: int = _opt(64, "most requests waiting for the model, from every surface (REST, page, Gradio API); "
+                              "more get a 503 with Retry-After")
+    max_request_tokens: int = _opt(65536, "most tokens one request may ask for: texts x variants x max_length; "
+                                          "more is a 422 work_too_large")
     no_coalescing: bool = _opt(False, "run every request in its own engine calls (turns dynamic batching off)")
     resample_rounds: int = _opt(2, "extra sampling rounds to reach the requested distinct variants")
-    request_timeout_s: float = _opt(300.0, "longest wait for the engine before a 504")
-    ui_concurrency: int = _opt(8, "UI and Gradio API events that may run at once")
+    request_timeout_s: float = _opt(300.0, "longest time from a request's arrival to its answer before a 504")
+    drain_seconds: float = _opt(25.0, "on SIGTERM: readiness turns 503, new work gets 503, and work in flight "
+                                      "has this long to finish before the process exits 0")
     no_ui: bool = _opt(False, "serve the REST API only: no page, no Gradio API, gradio is not imported")
 
     def __post_init__(self) -> None:
@@ -83,7 +87,7 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
-                     "max_input_tokens", "max_queue", "ui_concurrency"):
+                     "max_input_tokens", "max_queue", "max_request_tokens"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch_size < 0:
@@ -98,6 +102,8 @@ class Settings:
             raise SettingsError(f"batch_wait_ms must be 0-1000, got {self.batch_wait_ms}")
         if self.request_timeout_s <= 0:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.drain_seconds < 0:
+            raise SettingsError(f"drain_seconds must be 0 or more, got {self.drain_seconds}")
 
     @property
     def effective_device(self) -> str:

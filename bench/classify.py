@@ -34,6 +34,7 @@ not the absolute numbers. Prints JSON.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
 import statistics
@@ -43,8 +44,9 @@ from pathlib import Path
 
 import torch
 
+from app.classify import PARTNER_LABELS
 from app.engines.hf import HFEngine
-from app.service import PARTNER_LABELS, Service
+from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
 from bench.base_model import build_base_model
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     single = [engine.score(prompts[TEXTS[0]], [label])[0] for label in LABELS]
     gap = max(abs(a - b) for a, b in zip(batched, single))
     arms = {
-        "constrained": lambda text: service.classify([text], LABELS),
+        "constrained": lambda text: asyncio.run(service.classify([text], LABELS)),
         "free_generation": lambda text: free_generation(engine, prompts[text], forced["mean"]),
         "free_generation_longest": lambda text: free_generation(engine, prompts[text], forced["longest"]),
         "one_label_at_a_time": lambda text: [engine.score(prompts[text], [label]) for label in LABELS],
@@ -106,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     pair_prompts = {text: [templates.render("classification", labels=f"{label},{partner[label]}", text=text)
                            for label in LABELS] for text in TEXTS}
     batch_arms = {
-        "batch_together": lambda texts: service.classify(texts, LABELS),
-        "batch_one_by_one": lambda texts: [service.classify([text], LABELS) for text in texts],
-        "multi_label_together": lambda texts: service.classify(texts[:1], LABELS, multi_label=True),
+        "batch_together": lambda texts: asyncio.run(service.classify(texts, LABELS)),
+        "batch_one_by_one": lambda texts: [asyncio.run(service.classify([text], LABELS)) for text in texts],
+        "multi_label_together": lambda texts: asyncio.run(service.classify(texts[:1], LABELS, multi_label=True)),
         "multi_label_one_by_one": lambda texts: [engine.score(prompt, [label, partner[label]])
                                                  for prompt, label in zip(pair_prompts[texts[0]], LABELS)],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -17,6 +18,11 @@ from tests.tiny_model import build_tiny_models
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_S = 90
+
+
+def run(awaitable):
+    """Await one of the service's coroutines from a plain test, on a loop of its own."""
+    return asyncio.run(awaitable)
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +99,16 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start_server(tmp_path: Path, *flags: str, wait_ready: bool = True, **env: str) -> LiveServer:
-    """Run webui.py as users do, on a free loopback port; wait for /readyz (or just /healthz)."""
+def start_server(tmp_path: Path, *flags: str, wait_ready: bool = True, program: tuple[str, ...] | None = None,
+                 **env: str) -> LiveServer:
+    """Run webui.py as users do (or `program`, python arguments that end in webui.main), on a free loopback
+    port; wait for /readyz (or just /healthz)."""
     port = free_port()
     log_dir = tmp_path / f"logs-{port}"
-    command = [sys.executable, str(ROOT / "webui.py"), "--host", "127.0.0.1", "--port", str(port),
+    command = [sys.executable, *(program or (str(ROOT / "webui.py"),)), "--host", "127.0.0.1", "--port", str(port),
                "--log-dir", str(log_dir), *flags]
     output = open(tmp_path / f"server-{port}.out", "wb")
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=server_env(**env))
+    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=server_env(**env), cwd=ROOT)
     server = LiveServer(f"http://127.0.0.1:{port}", port, log_dir, process)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     probe = "/readyz" if wait_ready else "/healthz"

@@ -33,12 +33,14 @@ def test_healthz(live_server):
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_readyz_names_engine_model_device_and_dtype(live_server):
+def test_readyz_names_engine_model_device_dtype_and_queue_but_no_server_path(live_server):
     body = requests.get(live_server.url + "/readyz", timeout=10).json()
     assert body["status"] == "ready"
     assert body["engine"] == "mt5"
     assert body["device"] == "cpu" and body["dtype"] == "float32"
-    assert body["model"].endswith("huggingface")
+    assert body["model"] == "huggingface"  # the directory's name: anyone may read /readyz
+    assert body["queue"] == {"running": 0, "waiting": 0, "max_queue": 64}
+    assert body["decoder"] == "fast" and body["decoder_check"]["max_logprob_gap"] < body["decoder_check"]["tolerance"]
 
 
 def test_augment_answers_the_contract_fields_with_default_count(live_server):
@@ -172,7 +174,7 @@ def test_lone_surrogates_in_names_are_422_and_shown_escaped(live_server, path, b
 
 
 def test_an_answer_holding_a_lone_surrogate_writes_its_escape():
-    from app.api import UTF8JSONResponse
+    from app.api_errors import UTF8JSONResponse
 
     body = UTF8JSONResponse({"名": "好\ud800"}).body
     assert body == '{"名":"好\\ud800"}'.encode("utf-8") and json.loads(body) == {"名": "好\ud800"}
@@ -270,17 +272,17 @@ def test_an_unexpected_failure_is_a_500_in_the_error_format_that_keeps_the_reque
     import uvicorn
     from fastapi import FastAPI
 
-    from app import api
+    from app.api_errors import install_error_handling
     from app.logs import request_id
     from tests.conftest import free_port
 
     app = FastAPI()
 
     @app.post("/fails")
-    def fails() -> None:
+    async def fails() -> None:
         raise RuntimeError("a bug")
 
-    api.install(app, max_body_bytes=1000)
+    install_error_handling(app, max_body_bytes=1000)
     logged = []
 
     class Remember(logging.Handler):
@@ -288,7 +290,7 @@ def test_an_unexpected_failure_is_a_500_in_the_error_format_that_keeps_the_reque
             logged.append((request_id.get(), record.getMessage(), record.exc_info is not None))
 
     remember = Remember(logging.ERROR)
-    logging.getLogger("app.api").addHandler(remember)
+    logging.getLogger("app.api_errors").addHandler(remember)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -302,7 +304,7 @@ def test_an_unexpected_failure_is_a_500_in_the_error_format_that_keeps_the_reque
     finally:
         server.should_exit = True
         thread.join(10)
-        logging.getLogger("app.api").removeHandler(remember)
+        logging.getLogger("app.api_errors").removeHandler(remember)
     error = assert_error(response, 500, "internal")
     assert response.json()["request_id"] == "bug-7" and "a bug" not in error["message"]
     assert logged == [("bug-7", "POST /fails failed", True)]

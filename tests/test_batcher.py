@@ -1,17 +1,17 @@
 """Dynamic batching: concurrent requests share engine calls, and each gets exactly its own answer."""
 
+import asyncio
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from app.errors import InvalidParameter, Overloaded, RequestCancelled
+from app.errors import InvalidParameter, Overloaded
 from app.params import GenerationParams
-from tests.conftest import start_server
+from tests.conftest import run, start_server
 from tests.test_service import ScriptedEngine, make_service
 
 
@@ -30,16 +30,12 @@ class SlowEcho(ScriptedEngine):
 
 
 def run_together(service, jobs):
-    """Run service.augment for each (text, params) at once; return results (or errors) in order."""
-    def one(job):
-        text, params = job
-        try:
-            return service.augment([text], params).variants[0]
-        except Exception as exc:  # noqa: BLE001 - the test inspects it
-            return exc
+    """service.augment for each (text, params) at once, on one loop; results (or errors) in order."""
+    async def scenario():
+        return await asyncio.gather(*(service.augment([text], params) for text, params in jobs),
+                                    return_exceptions=True)
 
-    with ThreadPoolExecutor(len(jobs)) as pool:
-        return list(pool.map(one, jobs))
+    return [answer if isinstance(answer, Exception) else answer.variants[0] for answer in run(scenario())]
 
 
 ONE = GenerationParams(num_return_sequences=1)
@@ -66,6 +62,17 @@ def test_calls_never_exceed_the_batch_size_nor_mix_parameters():
         assert {int(p[1:-1]) % 2 for p in prompts} == {1 if params == warm else 0}
 
 
+def test_a_long_or_wide_request_runs_in_calls_no_bigger_than_a_batch_of_default_requests():
+    engine = SlowEcho(pause_s=0)
+    service = make_service(engine, max_batch_size=4, resample_rounds=0)  # a call: 4 x 3 variants x 128 tokens
+    texts = [f"第{i}条" for i in range(8)]
+    run(service.augment(texts, GenerationParams(num_return_sequences=10, max_length=64)))  # 640 a prompt
+    assert [len(prompts) for prompts, _ in engine.calls] == [2, 2, 2, 2]
+    engine.calls.clear()
+    run(service.augment(texts, GenerationParams(num_return_sequences=1, max_length=16)))
+    assert [len(prompts) for prompts, _ in engine.calls] == [4, 4]
+
+
 def test_seeded_requests_always_run_alone():
     engine = SlowEcho()
     service = make_service(engine, batch_wait_ms=20)
@@ -88,63 +95,102 @@ def test_without_coalescing_every_request_has_its_own_call():
     assert sorted(len(prompts) for prompts, _ in engine.calls) == [1] * 6
 
 
-def _hold_engine(service):
-    """Occupy the engine with a slow request; returns once it runs."""
-    threading.Thread(target=service.augment, args=(["占用"], ONE), daemon=True).start()
-    time.sleep(0.1)
+async def _running(service, texts=("占用",), params=ONE) -> asyncio.Task:
+    """A request that holds the engine, running once this returns."""
+    task = asyncio.ensure_future(service.augment(list(texts), params))
+    while not service.queue()["running"]:
+        await asyncio.sleep(0.005)
+    return task
 
 
-def test_a_full_queue_answers_overloaded_with_a_retry_time():
-    service = make_service(SlowEcho(pause_s=1.0), max_queue=1)
-    _hold_engine(service)
-    waiting = threading.Thread(target=service.augment, args=(["排队"], ONE), daemon=True)
-    waiting.start()
-    time.sleep(0.1)
-    with pytest.raises(Overloaded) as caught:
-        service.augment(["再来"], ONE)
-    assert caught.value.status == 503 and caught.value.retry_after >= 1
+async def _waiting(service, count: int, text="排队") -> list[asyncio.Task]:
+    tasks = [asyncio.ensure_future(service.augment([f"{text}{i}"], ONE)) for i in range(count)]
+    await asyncio.sleep(0.05)
+    return tasks
+
+
+def test_a_full_queue_answers_overloaded_with_a_retry_time_at_once():
+    service = make_service(SlowEcho(pause_s=0.5), max_queue=2)
+
+    async def scenario():
+        running = await _running(service)
+        waiting = await _waiting(service, 2)
+        assert service.queue() == {"running": 1, "waiting": 2, "max_queue": 2}
+        started = time.monotonic()
+        with pytest.raises(Overloaded) as caught:
+            await service.augment(["再来"], ONE)
+        refused_after = time.monotonic() - started
+        answers = await asyncio.gather(running, *waiting)
+        return caught.value, refused_after, answers
+
+    error, refused_after, answers = run(scenario())
+    assert error.status == 503 and error.retry_after >= 1 and "排队的请求已满（2 个）" in error.message
+    assert refused_after < 0.1  # decided at the door, not after a wait
+    assert [answer.variants for answer in answers] == [[["占用·0.8"]], [["排队0·0.8"]], [["排队1·0.8"]]]
+    assert service.queue() == {"running": 0, "waiting": 0, "max_queue": 2}
 
 
 def test_an_accepted_request_is_finished_even_when_the_queue_fills_behind_it():
-    service = make_service(SlowEcho(pause_s=0.2), max_queue=1, max_batch_size=1)
-    results = {}
-    first = threading.Thread(target=lambda: results.setdefault("a", service.augment(["甲", "乙", "丙"], ONE)))
-    first.start()
-    time.sleep(0.05)
-    second = threading.Thread(target=lambda: results.setdefault("b", service.augment(["丁"], ONE)))
-    second.start()  # queued behind the first one's first chunk: the queue is full from now on
-    first.join(timeout=5)
-    second.join(timeout=5)
-    assert results["a"].variants == [["甲·0.8"], ["乙·0.8"], ["丙·0.8"]]
-    assert results["b"].variants == [["丁·0.8"]]
+    service = make_service(SlowEcho(pause_s=0.1), max_queue=1, max_batch_size=1)
+
+    async def scenario():
+        first = await _running(service, ["甲", "乙", "丙"])
+        second = asyncio.ensure_future(service.augment(["丁"], ONE))  # the queue is full from now on
+        return await asyncio.gather(first, second)
+
+    first, second = run(scenario())
+    assert first.variants == [["甲·0.8"], ["乙·0.8"], ["丙·0.8"]]
+    assert second.variants == [["丁·0.8"]]
 
 
-def test_a_cancelled_request_leaves_the_queue_at_once():
-    engine = SlowEcho(pause_s=1.0)
+def test_a_cancelled_request_leaves_the_queue_at_once_and_never_runs():
+    engine = SlowEcho(pause_s=0.3)
     service = make_service(engine, max_queue=1)
-    _hold_engine(service)
-    cancelled = threading.Event()
-    outcome = {}
 
-    def queued():
-        try:
-            service.augment(["要取消"], ONE, cancelled=cancelled)
-        except RequestCancelled as exc:
-            outcome["error"] = exc
+    async def scenario():
+        running = await _running(service)
+        [queued] = await _waiting(service, 1, "要取消")
+        queued.cancel()
+        await asyncio.sleep(0)
+        # Its place is free at once: another request is queued instead of refused.
+        assert service.queue()["waiting"] == 0
+        after = await service.augment(["接着来"], ONE)
+        await running
+        return after
 
-    thread = threading.Thread(target=queued)
-    thread.start()
-    time.sleep(0.1)
-    cancelled.set()
-    thread.join(timeout=1)
-    assert isinstance(outcome.get("error"), RequestCancelled)
-    # Its place is free: another request is queued instead of refused, and the cancelled one never ran.
-    assert service.augment(["接着来"], ONE).variants == [["接着来·0.8"]]
-    assert all("要取消" not in prompts for prompts, _ in engine.calls)
+    assert run(scenario()).variants == [["接着来·0.8"]]
+    assert all("要取消" not in prompt for prompts, _ in engine.calls for prompt in prompts)
 
 
-# Sixteen texts, ten long samples each, on the tiny model: one engine call of several seconds.
-SLOW_BATCH = {"texts": [f"第{i}条文本" for i in range(16)], "num_return_sequences": 10, "max_length": 512,
+def test_a_short_request_is_not_starved_by_a_long_batch():
+    """Turns go to the request that has had the least engine time: a single text sent while a 50-text
+    batch runs waits for one call of it, not for the whole batch."""
+    engine = SlowEcho(pause_s=0.05)
+    service = make_service(engine, max_batch_size=5, batch_wait_ms=0)
+    finished = []
+
+    async def timed(coroutine, name):
+        await coroutine
+        finished.append((name, len(engine.calls)))
+
+    async def scenario():
+        batch = asyncio.ensure_future(timed(service.augment([f"批{i}" for i in range(50)], ONE), "batch"))
+        while len(engine.calls) < 2:
+            await asyncio.sleep(0.005)
+        sent_at = len(engine.calls)
+        await timed(service.augment(["单条"], ONE), "single")
+        await batch
+        return sent_at
+
+    sent_at = run(scenario())
+    single_done = dict(finished)["single"]
+    assert single_done <= sent_at + 2  # the call running when it came, then its own
+    assert dict(finished)["batch"] == 11 and [name for name, _ in finished] == ["single", "batch"]
+
+
+# Twelve texts, ten long samples each (61,440 tokens, within the default work budget), on the tiny model:
+# twelve engine calls, several seconds in all.
+SLOW_BATCH = {"texts": [f"第{i}条文本" for i in range(12)], "num_return_sequences": 10, "max_length": 512,
               "temperature": 1.5, "top_k": 0}
 QUICK = {"max_length": 8}
 
@@ -179,18 +225,24 @@ def test_a_full_server_says_when_to_come_back(one_place_server):
             assert answer.json()["error"]["code"] == "overloaded" and int(answer.headers["retry-after"]) >= 1
 
 
-def test_a_client_that_hangs_up_frees_its_place(one_place_server):
+def test_a_client_that_hangs_up_stops_costing_the_engine_and_frees_its_place(one_place_server):
     server = one_place_server
+    logged_before = len(server.log_text())
     with ThreadPoolExecutor(1) as pool:
         running = _occupy_server(server, pool)
-        body = json.dumps({"text": "会挂断的", **QUICK}).encode()
+        body = json.dumps(SLOW_BATCH).encode()
         with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
-            raw.sendall(b"POST /augment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            raw.sendall(b"POST /augment_batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            time.sleep(0.3)
-        time.sleep(1.0)  # the server notices within its poll interval
+            time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while "the client hung up" not in server.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not running.done(), "the first request ended too soon to test anything"
-        third = requests.post(server.url + "/augment", json={"text": "后到的", **QUICK}, timeout=300)
-        assert third.status_code == 200, third.text
+        # Its place is free at once: only the first request is admitted now (running, or between two calls).
+        queue = requests.get(server.url + "/readyz", timeout=5).json()["queue"]
+        assert queue["running"] + queue["waiting"] == 1
         assert running.result().status_code == 200
-    assert "the client hung up" in server.log_text()
+    log = server.log_text()[logged_before:]
+    assert "the client hung up" in log
+    assert log.count("augment engine=mt5 items=12 ") == 1  # the first request's; the other stopped on hang-up

@@ -4,15 +4,19 @@ import json
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from app.classify import PARTNER_LABELS, match_labels, softmax
 from app.engines.hf import HFEngine
 from app.engines.lexical import LexicalEngine
 from app.errors import InvalidParameter, LabelsInvalid, NeedsMT5, TextEmpty, TextTooLong
 from app.params import GenerationParams, task_params
-from app.service import PARTNER_LABELS, Service, match_labels, softmax
+from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
+from tests.conftest import run
 
 TEXT = "物流速度很快，包装也完好，但是客服回复有点慢。"
 LABELS = ["物流", "价格", "客服", "质量"]
@@ -35,31 +39,32 @@ def service(tiny_engine):
     return make_service(tiny_engine)
 
 
-# Short label-like strings: CJK, Latin and digits, inner spaces allowed, no separators.
-label_text = st.text(st.sampled_from("物流价格客服质量包装售后退款外观尺寸味道好差ab cXYZ09"), min_size=1, max_size=8)
-label_sets = st.lists(label_text, min_size=2, max_size=12).filter(
-    lambda labels: len({label.strip() for label in labels}) >= 2 and all(label.strip() for label in labels))
+# Short label-like strings: CJK, Latin and digits, inner spaces allowed, no separators or spaces at the ends.
+label_text = st.text(st.sampled_from("物流价格客服质量包装售后退款外观尺寸味道好差ab cXYZ09"), min_size=1,
+                     max_size=8).map(str.strip).filter(bool)
+label_sets = st.lists(label_text, min_size=2, max_size=12, unique=True)
 
 
 @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(labels=label_sets, text=st.sampled_from([TEXT, "太贵了", "这件衣服的尺码偏小，颜色和图片一样。"]))
 def test_constrained_answer_is_a_label_and_probabilities_sum_to_one(service, labels, text):
-    result = service.classify([text], labels)
+    result = run(service.classify([text], labels))
     item = result.items[0]
-    expected = list(dict.fromkeys(label.strip() for label in labels))
-    assert result.labels == expected
-    assert item.label in expected and item.in_labels and item.raw_output is None
-    assert list(item.scores) == expected
+    assert result.labels == labels
+    # Typed as one string, with spaces and a repeat, the same labels come out trimmed and counted once.
+    assert run(service.classify([text], " , ".join([*labels, labels[0]]))).labels == labels
+    assert item.label in labels and item.in_labels and item.raw_output is None
+    assert list(item.scores) == labels
     assert all(math.isfinite(p) and 0 <= p <= 1 for p in item.scores.values())
     assert math.fsum(item.scores.values()) == pytest.approx(1, abs=1e-6)
     assert item.scores[item.label] == max(item.scores.values())
-    assert service.classify([text], labels).items[0] == item
+    assert run(service.classify([text], labels)).items[0] == item
 
 
 def test_probabilities_are_the_softmax_of_the_sequence_log_probabilities(service, tiny_engine):
     prompt = service._templates.render("classification", labels=",".join(LABELS), text=TEXT)
     logprobs = tiny_engine.score(prompt, LABELS)
-    scores = service.classify([TEXT], LABELS).items[0].scores
+    scores = run(service.classify([TEXT], LABELS)).items[0].scores
     total = math.fsum(math.exp(lp) for lp in logprobs)
     assert list(scores.values()) == pytest.approx([math.exp(lp) / total for lp in logprobs], rel=1e-9)
 
@@ -109,18 +114,18 @@ class CountingEngine:
 def test_a_batch_and_multi_label_share_engine_calls(tiny_engine):
     counting = CountingEngine(tiny_engine)
     service = make_service(counting, max_batch_size=0)
-    service.classify([TEXT, "太贵了", "好"], LABELS)
-    service.classify([TEXT, "太贵了"], LABELS, multi_label=True)
+    run(service.classify([TEXT, "太贵了", "好"], LABELS))
+    run(service.classify([TEXT, "太贵了"], LABELS, multi_label=True))
     assert counting.calls == [3, 2 * len(LABELS)]
     counting.calls.clear()
-    make_service(counting, max_batch_size=5).classify([TEXT, "太贵了"], LABELS, multi_label=True)
+    run(make_service(counting, max_batch_size=5).classify([TEXT, "太贵了"], LABELS, multi_label=True))
     assert counting.calls == [5, 3]  # at most max_batch_size prompts a call, so that others get turns
 
 
 def test_a_batch_is_classified_in_input_order(service):
     texts = [TEXT, "太贵了", TEXT]
-    batch = service.classify(texts, LABELS).items
-    alone = [service.classify([t], LABELS).items[0].scores for t in texts]
+    batch = run(service.classify(texts, LABELS)).items
+    alone = [run(service.classify([t], LABELS)).items[0].scores for t in texts]
     # A batch runs its prompts through the model together, padded: the same arithmetic to float32 rounding.
     for together, by_itself in zip(batch, alone):
         assert list(together.scores) == list(by_itself) == LABELS
@@ -129,7 +134,7 @@ def test_a_batch_is_classified_in_input_order(service):
 
 
 def test_multi_label_asks_each_label_against_a_partner(service, tiny_engine):
-    item = service.classify([TEXT], LABELS, multi_label=True, threshold=0.3).items[0]
+    item = run(service.classify([TEXT], LABELS, multi_label=True, threshold=0.3)).items[0]
     for label in LABELS:
         prompt = service._templates.render("classification", labels=f"{label},{PARTNER_LABELS[0]}", text=TEXT)
         own = softmax(tiny_engine.score(prompt, [label, PARTNER_LABELS[0]]))[0]
@@ -139,24 +144,24 @@ def test_multi_label_asks_each_label_against_a_partner(service, tiny_engine):
 
 
 def test_multi_label_threshold_bounds(service):
-    everything = service.classify([TEXT], LABELS, multi_label=True, threshold=0).items[0]
+    everything = run(service.classify([TEXT], LABELS, multi_label=True, threshold=0)).items[0]
     assert sorted(everything.labels) == sorted(LABELS)
-    assert service.classify([TEXT], LABELS, multi_label=True, threshold=1).items[0].labels == \
+    assert run(service.classify([TEXT], LABELS, multi_label=True, threshold=1)).items[0].labels == \
         [label for label in LABELS if everything.scores[label] == 1]
 
 
 def test_a_label_named_like_the_partner_gets_another_partner(service):
-    item = service.classify([TEXT], ["物流", "其他"], multi_label=True).items[0]
+    item = run(service.classify([TEXT], ["物流", "其他"], multi_label=True)).items[0]
     assert set(item.scores) == {"物流", "其他"} and all(0 < p < 1 for p in item.scores.values())
 
 
 def test_generate_mode_reports_the_free_answer_and_whether_it_is_a_label(service):
-    item = service.classify([TEXT], LABELS, mode="generate").items[0]
+    item = run(service.classify([TEXT], LABELS, mode="generate")).items[0]
     assert isinstance(item.raw_output, str) and item.scores is None
     hits, only = match_labels(item.raw_output, LABELS, False)
     assert item.in_labels == (bool(hits) and only)
     assert item.label == (hits[0] if hits else None)
-    assert service.classify([TEXT], LABELS, mode="generate").items[0] == item
+    assert run(service.classify([TEXT], LABELS, mode="generate")).items[0] == item
 
 
 @pytest.mark.parametrize("raw, multi, hits, only", [
@@ -174,16 +179,19 @@ def test_free_answers_are_matched_to_labels(raw, multi, hits, only):
 
 @pytest.mark.parametrize("labels, expected", [
     ("物流,价格，客服、质量", ["物流", "价格", "客服", "质量"]),
-    ([" 物流 ", "价格", "物流"], ["物流", "价格"]),
     ("物流 , 物流,价格", ["物流", "价格"]),
+    (" 物流\n、 价格 ", ["物流", "价格"]),
+    (["物流", "价 格"], ["物流", "价 格"]),
 ])
-def test_labels_are_split_trimmed_and_deduplicated(service, labels, expected):
-    assert service.check_labels(labels) == expected
+def test_a_string_of_labels_is_split_trimmed_and_deduplicated_a_list_taken_as_sent(service, labels, expected):
+    assert service.checks.labels(labels) == expected
 
 
 @pytest.mark.parametrize("labels, field, words", [
     ("物流", "labels", "2 到 50"),
-    (["物流", " 物流 "], "labels", "收到 1 个"),
+    ("物流,物流", "labels", "至少 2 个不同"),
+    (["物流", " 物流 "], "labels[1]", "首尾有空白"),
+    (["物流", "价格", "物流"], "labels[2]", "与第 1 个重复"),
     ([], "labels", "收到 0 个"),
     ("  ", "labels", "为空"),
     ("物流,,价格", "labels", "第 2 个标签为空"),
@@ -197,16 +205,16 @@ def test_labels_are_split_trimmed_and_deduplicated(service, labels, expected):
 ])
 def test_bad_labels_are_refused_naming_the_field(service, labels, field, words):
     with pytest.raises(LabelsInvalid, match=words) as caught:
-        service.classify([TEXT], labels)
+        run(service.classify([TEXT], labels))
     assert caught.value.field == field and caught.value.status == 422
 
 
 def test_label_limits_follow_the_settings(tiny_engine):
     service = make_service(tiny_engine, max_labels=3, max_label_chars=4)
     with pytest.raises(LabelsInvalid, match="2 到 3"):
-        service.check_labels("a,b,c,d")
+        service.checks.labels("a,b,c,d")
     with pytest.raises(LabelsInvalid, match="上限 4 字"):
-        service.check_labels("物流,售后服务好")
+        service.checks.labels("物流,售后服务好")
 
 
 @pytest.mark.parametrize("options, field", [
@@ -216,16 +224,16 @@ def test_label_limits_follow_the_settings(tiny_engine):
 ])
 def test_bad_options_are_refused_naming_the_field(service, options, field):
     with pytest.raises(InvalidParameter) as caught:
-        service.classify([TEXT], LABELS, **options)
+        run(service.classify([TEXT], LABELS, **options))
     assert caught.value.field == field
 
 
 def test_an_engine_that_cannot_score_says_classification_needs_mt5():
     service = make_service(LexicalEngine(Settings().lexicon_file))
-    for call in (lambda: service.classify([TEXT], LABELS),
-                 lambda: service.classify([TEXT], LABELS, mode="generate"),
-                 lambda: service.run_task("sentiment", {"text": TEXT}, task_params({})),
-                 lambda: service.run_task("title", {"text": TEXT}, task_params({}))):
+    for call in (lambda: run(service.classify([TEXT], LABELS)),
+                 lambda: run(service.classify([TEXT], LABELS, mode="generate")),
+                 lambda: run(service.run_task("sentiment", {"text": TEXT}, task_params({}))),
+                 lambda: run(service.run_task("title", {"text": TEXT}, task_params({})))):
         with pytest.raises(NeedsMT5, match="mT5") as caught:
             call()
         assert caught.value.status == 503 and caught.value.code == "needs_mt5"
@@ -252,13 +260,13 @@ def test_every_card_task_is_served_with_its_fields(service):
 @pytest.mark.parametrize("task", CARD_PROMPTS)
 def test_every_task_builds_the_documented_prompt(service, task):
     fields, prompt = CARD_PROMPTS[task]
-    result = service.run_task(task, fields, task_params({"max_length": 8}))
+    result = run(service.run_task(task, fields, task_params({"max_length": 8})))
     assert result.prompt == prompt and result.task == task and result.engine == "mt5"
     assert all(isinstance(output, str) and output for output in result.outputs)
 
 
 def test_sentiment_is_scored_over_its_two_labels(service, tiny_engine):
-    result = service.run_task("sentiment", {"text": TEXT}, task_params({}))
+    result = run(service.run_task("sentiment", {"text": TEXT}, task_params({})))
     assert set(result.scores) == {"积极", "消极"}
     assert math.fsum(result.scores.values()) == pytest.approx(1, abs=1e-6)
     assert result.outputs == [max(result.scores, key=result.scores.get)]
@@ -269,12 +277,12 @@ def test_sentiment_is_scored_over_its_two_labels(service, tiny_engine):
 def test_generative_tasks_are_greedy_unless_asked_to_sample(service):
     greedy = task_params({"max_length": 12})
     assert not greedy.do_sample and greedy.num_return_sequences == 1
-    first = service.run_task("title", {"text": TEXT}, greedy)
+    first = run(service.run_task("title", {"text": TEXT}, greedy))
     assert len(first.outputs) <= 1 and first.scores is None
-    assert service.run_task("title", {"text": TEXT}, greedy).outputs == first.outputs
+    assert run(service.run_task("title", {"text": TEXT}, greedy)).outputs == first.outputs
     sampled = task_params({"num_return_sequences": 3, "max_length": 12, "seed": 5})
     assert sampled.do_sample
-    outputs = service.run_task("title", {"text": TEXT}, sampled).outputs
+    outputs = run(service.run_task("title", {"text": TEXT}, sampled)).outputs
     assert 1 <= len(outputs) <= 3 and len(set(outputs)) == len(outputs)
     assert task_params({"temperature": 0.5}).do_sample
 
@@ -291,7 +299,7 @@ def test_generative_tasks_are_greedy_unless_asked_to_sample(service):
 ])
 def test_task_fields_are_checked_naming_the_field(service, task, fields, error, field):
     with pytest.raises(error) as caught:
-        service.run_task(task, fields, task_params({}))
+        run(service.run_task(task, fields, task_params({})))
     assert caught.value.field == field and caught.value.status == 422
 
 
@@ -303,7 +311,7 @@ def test_a_task_added_to_the_template_file_is_served(tiny_engine, tmp_path):
                                 "rewrite": "用更礼貌的语气改写：{text}"}, ensure_ascii=False), "utf-8")
     service = make_service(tiny_engine, templates_file=path)
     assert [task.name for task in service.tasks()][-2:] == ["spam", "rewrite"]
-    spam = service.run_task("spam", {"text": TEXT}, task_params({}))
+    spam = run(service.run_task("spam", {"text": TEXT}, task_params({})))
     assert spam.prompt == f"判断是否垃圾信息：{TEXT}" and spam.outputs[0] in {"垃圾", "正常"}
-    rewrite = service.run_task("rewrite", {"text": TEXT}, GenerationParams(num_return_sequences=2, max_length=8))
+    rewrite = run(service.run_task("rewrite", {"text": TEXT}, GenerationParams(num_return_sequences=2, max_length=8)))
     assert rewrite.prompt == f"用更礼貌的语气改写：{TEXT}" and rewrite.scores is None

@@ -4,9 +4,11 @@ import ast
 from pathlib import Path
 
 import app.engines
-from app import api, service, ui
+from app import service
 
 APP = Path(__file__).resolve().parent.parent / "app"
+# The surfaces: the REST routes and their schema, the page and the Gradio API.
+SURFACES = [APP / "api.py", APP / "api_errors.py", APP / "openapi.py", *sorted((APP / "ui").glob("*.py"))]
 
 
 def _imports(path: Path) -> set[str]:
@@ -19,9 +21,9 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_ui_and_api_never_import_engines():
-    for module in (ui, api):
-        assert not any(name.startswith("app.engines") for name in _imports(Path(module.__file__)))
+def test_ui_and_api_never_import_engines_nor_the_batcher():
+    for path in SURFACES:
+        assert not any(name.startswith(("app.engines", "app.batcher")) for name in _imports(path)), path
 
 
 def test_engines_know_nothing_of_http_or_the_page():
@@ -30,12 +32,13 @@ def test_engines_know_nothing_of_http_or_the_page():
 
 
 def test_torch_is_imported_only_by_the_hf_engine():
-    """hf.py and its decoding loop; and the loop only through hf.py, so serving without torch stays possible."""
+    """hf.py, its decoding loop and the loop's check at load; and the loop only through hf.py, so serving
+    without torch stays possible."""
     importers = {path.name for path in APP.rglob("*.py") if "torch" in {n.split(".")[0] for n in _imports(path)}}
-    assert importers <= {"hf.py", "fast_decode.py"}
+    assert importers <= {"hf.py", "fast_decode.py", "decoder_check.py"}
     loop_users = {path.name for path in APP.rglob("*.py")
                   if "app.engines.fast_decode" in _imports(path) or "fast_decode" in path.read_text("utf-8")}
-    assert loop_users <= {"hf.py", "fast_decode.py"}
+    assert loop_users <= {"hf.py", "fast_decode.py", "decoder_check.py"}
 
 
 def test_service_is_the_only_way_to_an_engine():

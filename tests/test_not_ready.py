@@ -40,6 +40,6 @@ def test_a_corrupt_checkpoint_is_reported_with_its_cause_in_one_line(tiny_models
     try:
         body = server.settled_readiness().json()
         assert body["status"] == "unavailable"
-        assert str(broken) in body["reason"] and "\n" not in body["reason"]
+        assert "模型目录 broken " in body["reason"] and str(broken) not in body["reason"] and "\n" not in body["reason"]
     finally:
         server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 import shutil
@@ -196,7 +197,9 @@ def test_banner_names_missing_model_directory(browser, server_without_model):
     page = _open(browser, server_without_model.url)
     try:
         expect(banner(page)).to_contain_text("模型未就绪")
-        expect(banner(page)).to_contain_text(missing)
+        expect(banner(page)).to_contain_text("模型目录 missing-model ")
+        # The page is open to anyone: it names the directory, not where the server keeps it.
+        assert missing not in banner(page).inner_text()
         assert "当前引擎" not in banner(page).inner_text()
     finally:
         page.context.close()
@@ -273,3 +276,88 @@ def test_more_tasks_shows_the_fields_of_the_chosen_task_and_its_prompt(page):
     expect(bars).to_have_count(2)
     assert {bar.get_attribute("aria-label") for bar in bars.all()} == {"积极", "消极"}
     expect(copyable_box(page, "结果（每行一条）")).to_have_value(re.compile("^(积极|消极)$"))
+
+
+# --- under load: the page's work is counted, refused politely, stopped, and cancelled with its tab -------
+
+PAUSE_S = 4  # each call of the slow echo engine
+
+
+@pytest.fixture(scope="module")
+def slow_server(tmp_path_factory):
+    """A real server whose engine call takes PAUSE_S seconds, with room for one waiting request."""
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path_factory.mktemp("slow"), "--engine", "mt5", "--max-queue", "1",
+                          program=("-m", "tests.slow_engine"), DPP_TEST_ENGINE_PAUSE_S=str(PAUSE_S))
+    yield server
+    server.stop()
+
+
+def queue_of(server) -> dict:
+    import requests
+
+    return requests.get(server.url + "/readyz", timeout=5).json()["queue"]
+
+
+def wait_for_queue(server, running: int, waiting: int, within_s: float) -> float:
+    """Seconds until /readyz shows this queue; fails after `within_s`."""
+    started = time.monotonic()
+    while queue_of(server) != {"running": running, "waiting": waiting, "max_queue": 1}:
+        assert time.monotonic() - started < within_s, queue_of(server)
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def start_augment(page: Page, text: str) -> None:
+    page.get_by_label("输入文本").fill(text)
+    page.get_by_role("button", name="开始增强").click()
+
+
+def test_the_stop_button_cancels_the_request_and_frees_its_place(browser, slow_server):
+    page = _open(browser, slow_server.url)
+    try:
+        expect(banner(page)).to_contain_text("当前引擎")
+        start_augment(page, "要停止的")
+        wait_for_queue(slow_server, running=1, waiting=0, within_s=PAUSE_S * 2)
+        visible_button(page, "停止").click()
+        expect(page.get_by_text("已停止：本次请求已取消")).to_be_visible()
+        assert wait_for_queue(slow_server, running=0, waiting=0, within_s=PAUSE_S) < PAUSE_S / 2
+    finally:
+        page.context.close()
+    assert "augment engine=mt5 items=1" not in slow_server.log_text()
+
+
+def test_closing_the_tab_cancels_its_work(browser, slow_server):
+    page = _open(browser, slow_server.url)
+    expect(banner(page)).to_contain_text("当前引擎")
+    start_augment(page, "关掉页面")
+    wait_for_queue(slow_server, running=1, waiting=0, within_s=PAUSE_S * 3)
+    page.context.close()
+    # Gone well before its engine call could have ended on its own.
+    assert wait_for_queue(slow_server, running=0, waiting=0, within_s=PAUSE_S) < PAUSE_S / 2
+    assert "a page was closed; 1 of its requests were cancelled" in slow_server.log_text()
+
+
+def test_a_full_queue_refuses_the_page_in_the_same_words_as_rest(browser, slow_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    page = _open(browser, slow_server.url)
+    try:
+        expect(banner(page)).to_contain_text("当前引擎")
+        with ThreadPoolExecutor(2) as pool:
+            post = functools.partial(requests.post, slow_server.url + "/augment", timeout=60)
+            first = pool.submit(post, json={"text": "占用"})
+            wait_for_queue(slow_server, running=1, waiting=0, within_s=PAUSE_S * 3)
+            second = pool.submit(post, json={"text": "排队"})
+            wait_for_queue(slow_server, running=1, waiting=1, within_s=PAUSE_S)
+            start_augment(page, "页面的请求")
+            expect(toast(page)).to_contain_text("服务繁忙：排队的请求已满（1 个）")
+            refused = requests.post(slow_server.url + "/augment", json={"text": "REST 的请求"}, timeout=60)
+            said = refused.json()["error"]["message"]
+            assert refused.status_code == 503 and said.split("，请")[0] in toast(page).inner_text()
+            assert first.result().status_code == second.result().status_code == 200
+    finally:
+        page.context.close()

@@ -55,8 +55,8 @@ class CT2Engine:
             raise ModelUnavailable(f"CTranslate2 模型 {model_dir} 无法加载：{' '.join(str(exc).split())[:300]}；"
                                    f"{CONVERT_HINT}") from exc
         self._load_seconds = time.monotonic() - started
-        log.info("Model loaded successfully on %s in %.1f s (CTranslate2 %s, compute %s)", self._device,
-                 self._load_seconds, ctranslate2.__version__, self._translator.compute_type)
+        log.info("Model loaded successfully on %s in %.1f s from %s (CTranslate2 %s, compute %s)", self._device,
+                 self._load_seconds, self._dir, ctranslate2.__version__, self._translator.compute_type)
 
     def _new_translator(self):
         """A translator built on a thread of its own that ends with the build. Built on a long-lived

@@ -1,0 +1,208 @@
+"""/openapi.json that tells the truth: every limit the service enforces, every status a route answers.
+
+The request schemas are built from the settings, the served tasks and the loaded engines, so that a
+request the schema allows is one the server accepts, and one it forbids is refused with a 4xx. The one
+rule JSON Schema cannot state, the work budget (texts x variants x max_length, --max-request-tokens), is
+written in the descriptions; a server whose budget covers its largest request has none left.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from app.checks import SPACE, label_pattern, labels_string_pattern
+from app.params import (
+    MAX_LENGTH_RANGE,
+    NUM_RETURN_SEQUENCES_RANGE,
+    SEED_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_K_RANGE,
+    TOP_P_RANGE,
+)
+from app.service import Service
+from app.settings import Settings
+
+TEXT_PATTERN = f"[^{SPACE}]"  # not only whitespace (what str.strip() removes)
+_STRING = {"type": "string"}
+_NUMBER = {"type": "number"}
+_STRINGS = {"type": "array", "items": _STRING}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_SCORES = {"type": ["object", "null"], "additionalProperties": _NUMBER}
+
+ERROR_CODES = {
+    400: "malformed_json: the body is not a JSON object",
+    413: "body_too_large: the body is over --max-body-bytes",
+    422: "a field is invalid: invalid_parameter, text_empty, text_too_long, batch_too_large, labels_invalid, "
+         "work_too_large, engine_unavailable",
+    500: "internal: a fault of the server, never of the request (the log has it under the request id)",
+    503: "not_ready, model_unavailable, needs_mt5, overloaded or draining (the last two with Retry-After)",
+    504: "timeout: no answer within --request-timeout-s of the request's arrival",
+}
+ERROR_BODY = {
+    "type": "object",
+    "required": ["error", "request_id"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "field"],
+            "properties": {"code": _STRING, "message": _STRING, "field": _NULLABLE_STRING},
+        },
+        "request_id": _STRING,
+    },
+}
+REQUEST_ID_HEADER = {"X-Request-ID": {"description": "the request id, as in the log", "required": True,
+                                      "schema": _STRING}}
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before trying again (overloaded, draining)",
+                                      "required": False, "schema": {"type": "string", "pattern": "^[0-9]+$"}}}
+_SERVED_BY = {"engine": _STRING, "request_id": _STRING, "elapsed_ms": _NUMBER}
+_CLASSIFICATION = {
+    "label": _NULLABLE_STRING, "scores": _SCORES, "raw_output": _NULLABLE_STRING, "in_labels": {"type": "boolean"},
+    "labels": {**_STRINGS, "description": "multi_label only: the labels at or above the threshold"},
+}
+
+
+def _closed(properties: dict, required: list[str] | None = None, **extra) -> dict:
+    return {"type": "object", "properties": properties, "required": required if required is not None
+            else list(properties), "additionalProperties": False, **extra}
+
+
+def _answer(properties: dict, optional: tuple[str, ...] = ()) -> dict:
+    return {"type": "object", "properties": properties, "required": [n for n in properties if n not in optional]}
+
+
+def _range(kind: str, bounds: tuple, description: str, nullable: bool = True) -> dict:
+    low, high = bounds
+    return {"type": [kind, "null"] if nullable else kind, "minimum": low, "maximum": high,
+            "description": description}
+
+
+def _enum(values: list[str], description: str) -> dict:
+    return {"enum": [*values, None], "description": description}
+
+
+def _generation_fields(engines: list[str]) -> dict:
+    return {
+        "num_return_sequences": _range("integer", NUM_RETURN_SEQUENCES_RANGE, "distinct outputs wanted (default 3)"),
+        "max_length": _range("integer", MAX_LENGTH_RANGE, "most new tokens per output (default 128)"),
+        "temperature": _range("number", TEMPERATURE_RANGE, "sampling temperature (default 0.8)"),
+        "top_k": _range("integer", TOP_K_RANGE, "top-k cut, 0 = off (default 50)"),
+        "top_p": _range("number", TOP_P_RANGE, "nucleus cut (default 0.95)"),
+        "seed": _range("integer", SEED_RANGE, "makes the answer reproducible"),
+        "engine": _enum(engines, "a loaded engine; null: the default one"),
+    }
+
+
+class _Schemas:
+    """The request bodies of one server's routes, from its limits."""
+
+    def __init__(self, settings: Settings, service: Service) -> None:
+        self.settings, self.service = settings, service
+
+    def text(self, description: str) -> dict:
+        return {"type": "string", "minLength": 1, "maxLength": self.settings.max_text_chars,
+                "pattern": TEXT_PATTERN, "description": description}
+
+    def texts(self) -> dict:
+        return {"type": "array", "items": self.text("one text"), "minItems": 1,
+                "maxItems": self.settings.max_batch_texts}
+
+    def labels(self) -> dict:
+        settings = self.settings
+        listed = {"type": "array", "minItems": 2, "maxItems": settings.max_labels, "uniqueItems": True,
+                  "items": {"type": "string", "pattern": label_pattern(settings.max_label_chars),
+                            "description": "one label: no commas, 、 or line breaks, no space at either end"}}
+        joined = {"type": "string", "pattern": labels_string_pattern(settings.max_label_chars, settings.max_labels),
+                  "description": "labels separated by , ， or 、 (trimmed; repeats count once; not all the same)"}
+        return {"anyOf": [listed, joined], "description": "candidate labels"}
+
+    def budget(self) -> str:
+        return (f"texts x num_return_sequences x max_length (sampled) may be at most "
+                f"{self.settings.max_request_tokens} (--max-request-tokens); more is a 422 work_too_large")
+
+    def augment(self, one: bool) -> dict:
+        fields = {"text": self.text("the text to paraphrase")} if one else {"texts": self.texts()}
+        engines = self.service.engine_names()
+        return _closed({**fields, **_generation_fields(engines)}, required=list(fields), description=self.budget())
+
+    def classify(self, one: bool) -> dict:
+        fields = {"text": self.text("the text to classify")} if one else {"texts": self.texts()}
+        options = {
+            "labels": self.labels(),
+            "mode": {"enum": ["constrained", "generate"], "description": "constrained (default): always one of "
+                                                                          "the labels; generate: the free answer"},
+            "multi_label": {"type": "boolean", "description": "judge each label on its own"},
+            "threshold": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                          "description": "multi_label: probability a label needs (default from settings)"},
+            "engine": _enum(self.service.engine_names(scoring=True), "a loaded engine that scores; null: default"),
+        }
+        return _closed({**fields, **options}, required=[*fields, "labels"])
+
+    def generate(self) -> dict:
+        engines = self.service.engine_names(scoring=True)
+        variants = []
+        for task in self.service.tasks():
+            fields = {name: self.text(f"the task's {name}") for name in task.fields}
+            variants.append(_closed({"task": {"const": task.name, "description": task.title}, **fields,
+                                     **_generation_fields(engines)}, required=["task", *fields]))
+        return {"oneOf": variants, "description": f"one of GET /tasks, with its own fields; {self.budget()}"}
+
+
+ANSWERS = {
+    "/augment": _answer({"original": _STRING, "augmented_texts": _STRINGS, "augmented": _STRINGS, **_SERVED_BY}),
+    "/augment_batch": _answer({
+        "results": {"type": "array", "items": _answer({"original": _STRING, "augmented_texts": _STRINGS})},
+        "augmented_texts": _STRINGS, **_SERVED_BY}),
+    "/classify": _answer({**_CLASSIFICATION, **_SERVED_BY}, optional=("labels",)),
+    "/classify_batch": _answer({
+        "results": {"type": "array", "items": _answer({"text": _STRING, **_CLASSIFICATION}, optional=("labels",))},
+        "labels": _STRINGS, **_SERVED_BY}),
+    "/generate": _answer({"task": _STRING, "prompt": _STRING, "outputs": _STRINGS, "scores": _SCORES, **_SERVED_BY}),
+    "/tasks": _answer({"tasks": {"type": "array", "items": _answer({
+        "name": _STRING, "title": _STRING, "fields": _STRINGS, "scored": {"type": "boolean"},
+        "labels": {"type": ["array", "null"], "items": _STRING}, "template": _STRING})}}),
+    "/healthz": _answer({"status": {"const": "ok"}}),
+    "/readyz": _answer({"status": {"const": "ready"}, "engine": _STRING, "engines": _STRINGS,
+                        "queue": _answer({"running": {"type": "integer"}, "waiting": {"type": "integer"},
+                                          "max_queue": {"type": "integer"}})}),
+}
+NOT_READY = _answer({"status": {"enum": ["loading", "unavailable", "draining"]}, "reason": _NULLABLE_STRING})
+
+
+def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
+    return {"description": description, "headers": {**REQUEST_ID_HEADER, **(headers or {})},
+            "content": {"application/json": {"schema": schema}}}
+
+
+def _error(status: int) -> dict:
+    return _json(ERROR_BODY, ERROR_CODES[status], RETRY_AFTER_HEADER if status == 503 else None)
+
+
+def _declare(schema: dict, settings: Settings, service: Service) -> None:
+    bodies = _Schemas(settings, service)
+    requests = {"/augment": bodies.augment(True), "/augment_batch": bodies.augment(False),
+                "/classify": bodies.classify(True), "/classify_batch": bodies.classify(False),
+                "/generate": bodies.generate()}
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = {"200": _json(ANSWERS[path], "the answer")}
+            if path in requests:
+                operation["requestBody"] = {"required": True,
+                                            "content": {"application/json": {"schema": requests[path]}}}
+                responses.update({str(status): _error(status) for status in ERROR_CODES})
+            elif path == "/readyz":
+                responses["503"] = _json(NOT_READY, "not ready: loading, unavailable (reason) or draining")
+            operation["responses"] = responses
+    schema.get("components", {}).pop("schemas", None)  # the pydantic models' own, replaced above
+
+
+def install_openapi(app: FastAPI, settings: Settings, service: Service) -> None:
+    """Serve the schema built afresh from what is loaded now (engines load after the server starts)."""
+
+    def openapi() -> dict:
+        schema = get_openapi(title="dpp", version="1", routes=app.routes,
+                             description="中文文本增强与零样本分类 REST API；错误统一为 {error: {code, message, field}, request_id}")
+        _declare(schema, settings, service)
+        return schema
+
+    app.openapi = openapi

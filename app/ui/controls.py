@@ -1,0 +1,148 @@
+"""What several tabs share: the generation parameters' controls, the engine selector, the banner, copying."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gradio as gr
+
+from app.errors import InvalidParameter
+from app.params import (
+    DEFAULTS,
+    MAX_LENGTH_RANGE,
+    NUM_RETURN_SEQUENCES_RANGE,
+    TEMPERATURE_RANGE,
+    TOP_K_RANGE,
+    TOP_P_RANGE,
+    GenerationParams,
+    params_from,
+)
+from app.service import Service
+
+# Works on plain http://host:7860 too, where browsers hide navigator.clipboard.
+COPY_JS = """(text) => {
+  if (!text) { return []; }
+  if (navigator.clipboard && window.isSecureContext) {
+    navigator.clipboard.writeText(text);
+  } else {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  return [];
+}"""
+STOPPED_JS = "() => '已停止：本次请求已取消，不再占用模型'"
+CSS = ".dpp-banner {padding: 0.6em 1em; border-radius: 8px; background: var(--block-background-fill);}"
+
+ENGINE_LABELS = {"mt5": "mT5 模型", "mt5-ct2": "mT5 模型（CTranslate2 加速）", "lexical": "同义词替换（无需模型权重）"}
+DECODER_LABELS = {"fast, CUDA graphs": "自带解码循环 + CUDA Graphs", "fast": "自带解码循环",
+                  "generate": "transformers generate"}
+
+
+@dataclass(frozen=True)
+class ParameterControls:
+    """The generation parameters' controls of one tab, passed to its handler in this order."""
+
+    count: gr.Slider
+    temperature: gr.Slider
+    max_length: gr.Slider
+    top_k: gr.Slider
+    top_p: gr.Slider
+    seed: gr.Textbox
+
+    def inputs(self) -> list:
+        return [self.count, self.temperature, self.max_length, self.top_k, self.top_p, self.seed]
+
+
+def parameter_controls(count_label: str) -> ParameterControls:
+    return ParameterControls(
+        count=gr.Slider(*NUM_RETURN_SEQUENCES_RANGE, value=DEFAULTS.num_return_sequences, step=1, label=count_label),
+        temperature=gr.Slider(*TEMPERATURE_RANGE, value=DEFAULTS.temperature, step=0.05, label="温度",
+                              info="越高越多样，越低越保守"),
+        max_length=gr.Slider(*MAX_LENGTH_RANGE, value=DEFAULTS.max_length, step=1, label="最大长度",
+                             info="每条结果最多生成的 token 数"),
+        top_k=gr.Slider(*TOP_K_RANGE, value=DEFAULTS.top_k, step=1, label="Top-K", info="0 表示不限制"),
+        top_p=gr.Slider(*TOP_P_RANGE, value=DEFAULTS.top_p, step=0.01, label="Top-P"),
+        # A Textbox, not a Number: an empty Number reads as 0, which would seed every request.
+        seed=gr.Textbox(value="", label="随机种子（可选）", placeholder="留空表示随机；填写整数后结果可复现"),
+    )
+
+
+def _seed(value) -> int | None:
+    """The page's seed box holds text: empty means random."""
+    if not isinstance(value, str):
+        return value
+    if not value.strip():
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise InvalidParameter(f"随机种子必须是整数（收到 {value!r}）", field="seed") from None
+
+
+def ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed) -> GenerationParams:
+    """Parameters from the controls, in ParameterControls' order."""
+    values = dict(num_return_sequences=num_return_sequences, max_length=max_length,
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=_seed(seed))
+    return params_from(values)
+
+
+def engine_selector():
+    return gr.Dropdown(label="引擎", choices=[], interactive=True,
+                       info="同义词替换引擎只用到 生成数量、温度（改动词语的比例）和随机种子")
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """A tab's run and 停止 buttons and its status line: 停止 cancels the run's request, which leaves the queue."""
+
+    run: gr.Button
+    stop: gr.Button
+    status: gr.Markdown
+
+    def wire(self, handler, inputs: list, outputs: list) -> None:
+        running = self.run.click(handler, inputs=inputs, outputs=outputs, api_visibility="private")
+        self.stop.click(None, js=STOPPED_JS, outputs=self.status, cancels=[running], api_visibility="private")
+
+
+def run_controls(label: str) -> RunControls:
+    with gr.Row():
+        run = gr.Button(label, variant="primary")
+        stop = gr.Button("停止", variant="stop")
+    return RunControls(run, stop, gr.Markdown())
+
+
+def banner(service: Service) -> str:
+    readiness = service.readiness()
+    if readiness.ready:
+        info = readiness.info
+        if info.get("engine") == "lexical":
+            line = f"✅ 当前引擎：**lexical**（同义词替换，无需模型权重）· 词表：{info.get('model')}"
+        else:
+            line = (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "
+                    f"{info.get('dtype')} · 模型 `{info.get('model')}`")
+            if info.get("decoder"):
+                line += f" · 解码：{DECODER_LABELS.get(info['decoder'], info['decoder'])}"
+            if info.get("decoder_fallback"):
+                line += f"\n\n⚠️ 自带解码循环未启用：{info['decoder_fallback']}"
+        for name, reason in info.get("unavailable", {}).items():
+            line += f"\n\n⚠️ 引擎 {name} 未加载：{reason}"
+        return line
+    if readiness.status == "loading":
+        return "⏳ 模型加载中，请稍候刷新页面。"
+    if readiness.status == "draining":
+        return "⏸️ 服务正在停止，不再接受新请求。"
+    return f"⚠️ **模型未就绪**：{readiness.reason}"
+
+
+async def engine_choices(service: Service):
+    """The page's engine selectors: loaded engines, the default first and selected."""
+    names = service.engine_names()
+    choices = [(ENGINE_LABELS.get(name, name), name) for name in names]
+    selector = gr.Dropdown(choices=choices, value=names[0] if names else None)
+    return banner(service), selector, selector
