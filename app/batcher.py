@@ -91,11 +91,6 @@ class _EngineThread(concurrent.futures.Executor):
                 future.set_exception(exc)
 
 
-def per_prompt_tokens(params: GenerationParams) -> int:
-    """Tokens one prompt may cost: its outputs times their length."""
-    return (params.num_return_sequences if params.do_sample else 1) * params.max_length
-
-
 class Batcher:
     """Owns one engine: every call to it goes through `generate` or `call`, on one event loop."""
 
@@ -105,7 +100,7 @@ class Batcher:
         self._max_items = max_items
         # A call may cost what a full batch of default requests costs: a longer or wider request runs in
         # more calls, so that a cancelled one stops costing within one, and others get turns between them.
-        self._call_tokens = max_items * per_prompt_tokens(DEFAULTS)
+        self._call_tokens = max_items * DEFAULTS.tokens_per_prompt
         self._max_wait_s = max_wait_s
         self._max_queue = max_queue
         self._coalesce = coalesce
@@ -141,7 +136,7 @@ class Batcher:
 
     def prompts_per_call(self, params: GenerationParams) -> int:
         """Most prompts with these parameters that one engine call may take."""
-        return max(1, min(self._max_items, self._call_tokens // per_prompt_tokens(params)))
+        return max(1, min(self._max_items, self._call_tokens // params.tokens_per_prompt))
 
     # --- calls ------------------------------------------------------------------------------------
 

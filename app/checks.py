@@ -72,7 +72,7 @@ class InputChecks:
         """Refuse a request whose texts x variants x max_length is over the budget: one such request
         would hold the engine for minutes, however fairly the calls are shared."""
         variants = params.num_return_sequences if params.do_sample else 1
-        work, budget = texts * variants * params.max_length, self.settings.max_request_tokens
+        work, budget = texts * params.tokens_per_prompt, self.settings.max_request_tokens
         if work > budget:
             raise WorkTooLarge(
                 f"请求的生成量为 {texts} 条文本 × {variants} 条结果 × {params.max_length} token = {work}，"

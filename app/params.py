@@ -50,6 +50,11 @@ class GenerationParams:
         if not isinstance(self.do_sample, bool):
             raise InvalidParameter("do_sample 必须是布尔值", field="do_sample")
 
+    @property
+    def tokens_per_prompt(self) -> int:
+        """The most tokens one prompt may cost: its outputs times their length."""
+        return (self.num_return_sequences if self.do_sample else 1) * self.max_length
+
     def with_changes(self, **changes: object) -> "GenerationParams":
         return replace(self, **changes)
 

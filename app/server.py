@@ -72,7 +72,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_seconds = settings.drain_seconds
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
-        self._drain: asyncio.Task | None = None
+        self._drain: asyncio.Task | None = None  # held, so that the loop does not drop the running drain
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()

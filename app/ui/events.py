@@ -73,9 +73,6 @@ class SessionWork:
         if tasks:
             log.info("a page was closed; %d of its requests were cancelled", len(tasks))
 
-    def count(self) -> int:
-        return sum(map(len, self._tasks.values()))
-
 
 def event(handler: Callable[..., Awaitable], service: Service, sessions: SessionWork,
           words: Callable[[DppError], str] = in_page_words, **bound) -> Callable[..., Awaitable]:
