@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from app.api_errors import UTF8JSONResponse, install_error_handling
 from app.errors import MethodNotAllowed, RequestCancelled
+from app.gate import GATE_FIELDS, GateParams, Outcome
 from app.logs import request_id
 from app.params import GenerationParams, params_from, task_params
 from app.service import Service
@@ -53,12 +54,31 @@ class _GenerationFields(BaseModel):
         return params_from(self.model_dump())
 
 
-class AugmentRequest(_GenerationFields):
+class _QualityFields(_GenerationFields):
+    """The quality gate's thresholds (None: the server's setting) and the label check's labels."""
+
+    quality: StrictStr | None = None
+    min_similarity: StrictFloat | None = None
+    max_similarity: StrictFloat | None = None
+    min_length_ratio: StrictFloat | None = None
+    max_length_ratio: StrictFloat | None = None
+    min_label_prob: StrictFloat | None = None
+    return_rejected: StrictBool | None = None
+    # Checked by the service, which names the offending label (a list, or one separated string).
+    labels: Any = None
+
+    def quality_params(self, service: Service) -> GateParams:
+        return service.gate_defaults.with_sent(self.model_dump(include=set(GATE_FIELDS)))
+
+
+class AugmentRequest(_QualityFields):
     text: StrictStr
+    label: StrictStr | None = None  # the text's own label, for the label check
 
 
-class AugmentBatchRequest(_GenerationFields):
+class AugmentBatchRequest(_QualityFields):
     texts: list[StrictStr]
+    text_labels: list[StrictStr | None] | None = None  # each text's own label, for the label check
 
 
 class _ClassifyOptions(BaseModel):
@@ -132,29 +152,49 @@ def _served_by(result: Any) -> dict:
     return {"engine": result.engine, "request_id": request_id.get(), "elapsed_ms": round(result.elapsed_ms, 1)}
 
 
+def _gated(outcome: Outcome, quality: GateParams) -> dict:
+    """One text's gate figures: each variant's similarity (and label probability), the dropped by reason,
+    and with return_rejected the dropped texts with their reasons."""
+    shown: dict[str, Any] = {"variants": [variant.as_dict() for variant in outcome.kept],
+                             "dropped": outcome.dropped_counts()}
+    if outcome.label_probability is not None:
+        shown["label_probability"] = round(outcome.label_probability, 4)
+    if quality.return_rejected:
+        shown["rejected"] = [rejected.as_dict() for rejected in outcome.rejected]
+    return shown
+
+
 @router.post("/augment")
 async def augment(body: AugmentRequest, request: Request) -> dict:
-    result = await _until_done_or_gone(request, _service(request).augment(
-        [body.text], body.params(), engine=body.engine, field_name="text", arrived=_arrived(request)))
+    service = _service(request)
+    quality = body.quality_params(service)
+    result = await _until_done_or_gone(request, service.augment(
+        [body.text], body.params(), engine=body.engine, field_name="text", arrived=_arrived(request),
+        quality=quality, labels=body.labels, text_labels=None if body.label is None else [body.label]))
     variants = result.variants[0]
     return {
         "original": body.text,
         "augmented_texts": variants,
         "augmented": variants,
+        **_gated(result.outcomes[0], quality),
         **_served_by(result),
     }
 
 
 @router.post("/augment_batch")
 async def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
-    result = await _until_done_or_gone(request, _service(request).augment(
-        body.texts, body.params(), engine=body.engine, field_name="texts", arrived=_arrived(request)))
+    service = _service(request)
+    quality = body.quality_params(service)
+    result = await _until_done_or_gone(request, service.augment(
+        body.texts, body.params(), engine=body.engine, field_name="texts", arrived=_arrived(request),
+        quality=quality, labels=body.labels, text_labels=body.text_labels))
     return {
         "results": [
-            {"original": original, "augmented_texts": variants}
-            for original, variants in zip(result.originals, result.variants)
+            {"original": original, "augmented_texts": outcome.texts, **_gated(outcome, quality)}
+            for original, outcome in zip(result.originals, result.outcomes)
         ],
         "augmented_texts": [text for variants in result.variants for text in variants],
+        "dropped": result.dropped(),
         **_served_by(result),
     }
 

@@ -95,6 +95,36 @@ class InputChecks:
                 raise LabelsInvalid(f"{where}“{label[:30]}”与第 {raw.index(label) + 1} 个重复", field=name)
         return list(raw)
 
+    def text_labels(self, labels: str | list[str] | None, text_labels: list[str | None] | None, field_name: str,
+                    count: int) -> tuple[list[str], list[str | None]] | None:
+        """The quality gate's label check, if asked: the candidate labels and each text's label among them
+        (None: that text is not checked). One text names its label `label`; a batch, `text_labels`."""
+        single = field_name == "text"
+        label_field = "label" if single else "text_labels"
+        if labels is None and text_labels is None:
+            return None
+        if labels is None:
+            raise InvalidParameter(f"给出了原文的标签 {label_field}，还需要候选标签 labels", field="labels")
+        if text_labels is None:
+            raise InvalidParameter(f"标签检查需要原文的标签：请同时给出 {label_field}（每条文本所属的标签）",
+                                   field=label_field)
+        candidates = self.labels(labels)
+        if not isinstance(text_labels, list) or len(text_labels) != count:
+            raise InvalidParameter(f"{label_field} 应与文本一一对应（{count} 条文本）", field=label_field)
+        of_text: list[str | None] = []
+        for index, label in enumerate(text_labels):
+            name = label_field if single else f"text_labels[{index}]"
+            if label is not None and not isinstance(label, str):
+                raise LabelsInvalid(f"{name} 应为字符串（收到 {repr(label)[:40]}）", field=name)
+            label = label.strip() if label is not None else None
+            if label and label not in candidates:
+                raise LabelsInvalid(f"{name}“{label[:30]}”不在候选标签 labels 里（{'、'.join(candidates)[:200]}）",
+                                    field=name)
+            of_text.append(label or None)
+        if single and of_text == [None]:
+            raise InvalidParameter("标签检查需要原文的标签 label（它应是候选标签之一）", field="label")
+        return candidates, of_text
+
     def _labels_from_string(self, raw: str) -> list[str]:
         if not raw.strip():
             raise LabelsInvalid("labels 为空：至少需要 2 个标签", field="labels")

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.checks import SPACE, label_pattern, labels_string_pattern
+from app.gate import REASONS
 from app.params import (
     MAX_LENGTH_RANGE,
     NUM_RETURN_SEQUENCES_RANGE,
@@ -29,6 +30,12 @@ _NUMBER = {"type": "number"}
 _STRINGS = {"type": "array", "items": _STRING}
 _NULLABLE_STRING = {"type": ["string", "null"]}
 _SCORES = {"type": ["object", "null"], "additionalProperties": _NUMBER}
+_NULL = {"type": "null"}
+
+
+def _present(name: str) -> dict:
+    """A JSON Schema condition: `name` is sent and is not null."""
+    return {"required": [name], "properties": {name: {"not": _NULL}}}
 
 ERROR_CODES = {
     400: "malformed_json: the body is not a JSON object",
@@ -123,7 +130,36 @@ class _Schemas:
     def augment(self, one: bool) -> dict:
         fields = {"text": self.text("the text to paraphrase")} if one else {"texts": self.texts()}
         engines = self.service.engine_names()
-        return _closed({**fields, **_generation_fields(engines)}, required=list(fields), description=self.budget())
+        label = {"type": "string", "pattern": label_pattern(self.settings.max_label_chars)}
+        own = ({"label": {**label, "type": ["string", "null"], "description": "the text's label, one of labels"}}
+               if one else
+               {"text_labels": {"type": ["array", "null"], "items": {**label, "type": ["string", "null"]},
+                                "description": "each text's label (one of labels, or null: not checked), "
+                                               "one per text"}})
+        own_name = next(iter(own))
+        gate = {
+            "quality": _enum(["on", "off"], "the quality gate: on (default) or off (only exact repeats removed)"),
+            "min_similarity": _range("number", (0, 1), "below this character similarity a variant is too_far"),
+            "max_similarity": _range("number", (0, 1), "above this a variant is too_close; at most max"),
+            "min_length_ratio": _range("number", (0, 100), "shorter than this share of the text is too_far"),
+            "max_length_ratio": _range("number", (0, 100), "longer than this many times the text is too_far"),
+            "min_label_prob": _range("number", (0, 1), "label check: the label's probability a variant needs"),
+            "return_rejected": {"type": ["boolean", "null"], "description": "list the dropped variants and why"},
+            "labels": {"anyOf": [*self.labels()["anyOf"], _NULL],
+                       "description": f"label check: candidate labels (with {own_name})"},
+            **own,
+        }
+        # The label check needs both, or neither. (Rules JSON Schema cannot state, said in words: the text's
+        # label is one of labels, text_labels has one item per text, and each min is at most its max.)
+        both = {"allOf": [
+            {"if": _present("labels"), "then": _present(own_name)},
+            {"if": _present(own_name), "then": _present("labels")},
+        ]}
+        rules = (f"{self.budget()}; the text's label must be one of labels"
+                 f"{'' if one else ', with one text_labels item per text'}; min_similarity <= max_similarity and "
+                 "min_length_ratio <= max_length_ratio")
+        return _closed({**fields, **_generation_fields(engines), **gate}, required=list(fields), description=rules,
+                       **both)
 
     def classify(self, one: bool) -> dict:
         fields = {"text": self.text("the text to classify")} if one else {"texts": self.texts()}
@@ -148,11 +184,29 @@ class _Schemas:
         return {"oneOf": variants, "description": f"one of GET /tasks, with its own fields; {self.budget()}"}
 
 
+_PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+_DROPPED = _answer({reason: {"type": "integer", "minimum": 0} for reason in REASONS})
+_GATED = {
+    "variants": {"type": "array", "items": _answer({"text": _STRING, "similarity": _PROBABILITY,
+                                                    "label_probability": _PROBABILITY},
+                                                   optional=("label_probability",))},
+    "dropped": _DROPPED,
+    "rejected": {"type": "array", "items": _answer({"text": _STRING, "reason": {"enum": list(REASONS)},
+                                                    "similarity": {"type": ["number", "null"]},
+                                                    "label_probability": _PROBABILITY},
+                                                   optional=("label_probability",)),
+                 "description": "return_rejected only"},
+    "label_probability": {**_PROBABILITY, "description": "label check only: the text's own label probability"},
+}
+_GATED_OPTIONAL = ("rejected", "label_probability")
+
 ANSWERS = {
-    "/augment": _answer({"original": _STRING, "augmented_texts": _STRINGS, "augmented": _STRINGS, **_SERVED_BY}),
+    "/augment": _answer({"original": _STRING, "augmented_texts": _STRINGS, "augmented": _STRINGS, **_GATED,
+                         **_SERVED_BY}, optional=_GATED_OPTIONAL),
     "/augment_batch": _answer({
-        "results": {"type": "array", "items": _answer({"original": _STRING, "augmented_texts": _STRINGS})},
-        "augmented_texts": _STRINGS, **_SERVED_BY}),
+        "results": {"type": "array", "items": _answer({"original": _STRING, "augmented_texts": _STRINGS, **_GATED},
+                                                      optional=_GATED_OPTIONAL)},
+        "augmented_texts": _STRINGS, "dropped": _DROPPED, **_SERVED_BY}),
     "/classify": _answer({**_CLASSIFICATION, **_SERVED_BY}, optional=("labels",)),
     "/classify_batch": _answer({
         "results": {"type": "array", "items": _answer({"text": _STRING, **_CLASSIFICATION}, optional=("labels",))},

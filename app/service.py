@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from app import classify as zero_shot
+from app import gate
 from app.batcher import Batcher, Ticket
 from app.checks import InputChecks
 from app.drain import InFlight
@@ -48,9 +49,26 @@ class Readiness:
 @dataclass(frozen=True)
 class AugmentResult:
     originals: list[str]
-    variants: list[list[str]]
+    outcomes: list[gate.Outcome]  # per text: the variants kept (with their figures) and those dropped
     engine: str
     elapsed_ms: float
+
+    @property
+    def variants(self) -> list[list[str]]:
+        return [outcome.texts for outcome in self.outcomes]
+
+    def dropped(self) -> dict[str, int]:
+        """Variants the gate dropped over all texts, by reason."""
+        return {reason: sum(outcome.dropped[reason] for outcome in self.outcomes) for reason in gate.REASONS}
+
+
+@dataclass(frozen=True)
+class LabelCheck:
+    """The gate's label check of one request: each text's label (None: not checked) among `labels`."""
+
+    labels: list[str]
+    of_text: list[str | None]
+    scorer: Engine
 
 
 @dataclass(frozen=True)
@@ -81,10 +99,6 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
-def _same_text_key(text: str) -> str:
-    return "".join(text.split())
-
-
 class Service:
     """Facade over the engines: the API, the UI and the CLI call only this, from the event loop.
 
@@ -96,6 +110,7 @@ class Service:
     def __init__(self, settings: Settings, templates: Templates) -> None:
         self.settings = settings
         self.checks = InputChecks(settings)
+        self.gate_defaults = gate.defaults(settings)
         self._templates = templates
         self._engines: dict[str, Engine] = {}
         self._unavailable: dict[str, str] = {}
@@ -196,25 +211,46 @@ class Service:
     # --- requests ---------------------------------------------------------------------------------
 
     async def augment(self, texts: list[str], params: GenerationParams, *, engine: str | None = None,
-                      field_name: str = "texts", arrived: float | None = None) -> AugmentResult:
-        """Return up to `num_return_sequences` distinct variants per text, in input order."""
+                      field_name: str = "texts", arrived: float | None = None, quality: gate.GateParams | None = None,
+                      labels: str | list[str] | None = None,
+                      text_labels: list[str | None] | None = None) -> AugmentResult:
+        """Return up to `num_return_sequences` variants per text, in input order, each through the quality
+        gate (`quality`, else the settings' thresholds); with `labels` and each text's label in
+        `text_labels`, a variant must also keep its text's label."""
         started = time.monotonic() if arrived is None else arrived
+        quality = quality or self.gate_defaults
         clean = self.checks.texts(texts, field_name)
         self.checks.work(len(clean), params)
         chosen = self._ready_engine(engine)
+        check = self._label_check(labels, text_labels, field_name, len(clean), quality, chosen)
         if chosen.wants_raw_text:
             prompts = clean
         else:
             prompts = [self._templates.render("augment", text=text) for text in clean]
+        gates = [gate.TextGate(text, quality) for text in clean]
         with self._admitted(chosen, started) as ticket:
-            # A copy of the input is no variant.
-            seen = [{_same_text_key(text)} for text in clean]
-            variants = await self._distinct_outputs(chosen, prompts, seen, params, ticket)
+            await self._gated_outputs(chosen, prompts, gates, params, ticket, check)
+        outcomes = [each.outcome for each in gates]
         elapsed_ms = (time.monotonic() - started) * 1000
-        log.info("augment engine=%s items=%d variants=%d ms=%.0f params=%s",
-                 chosen.name, len(texts), sum(map(len, variants)), elapsed_ms, params.as_log())
-        log.debug("augment texts=%s variants=%s", clean, variants)
-        return AugmentResult(list(texts), variants, chosen.name, elapsed_ms)
+        result = AugmentResult(list(texts), outcomes, chosen.name, elapsed_ms)
+        log.info("augment engine=%s items=%d variants=%d dropped=%s ms=%.0f params=%s quality=%s",
+                 chosen.name, len(texts), sum(map(len, result.variants)),
+                 {reason: n for reason, n in result.dropped().items() if n}, elapsed_ms, params.as_log(), quality)
+        log.debug("augment texts=%s variants=%s", clean, result.variants)
+        return result
+
+    def _label_check(self, labels: str | list[str] | None, text_labels: list[str | None] | None, field_name: str,
+                     count: int, quality: gate.GateParams, chosen: Engine) -> LabelCheck | None:
+        """The label check a request asks for (its labels checked), and the engine that scores it."""
+        asked = self.checks.text_labels(labels, text_labels, field_name, count)
+        if asked is None or not quality.on or not any(asked[1]):
+            return None
+        scorer = chosen if _follows_prompts(chosen) else next(
+            (self._engines[name] for name in self.engine_names(scoring=True)), None)
+        if scorer is None:
+            raise NeedsMT5("标签检查要用 mT5 给每条结果分类；当前只有同义词替换引擎（见 README「安装模型权重」），"
+                           "请去掉 labels 和原文标签，或加载 mT5 权重")
+        return LabelCheck(*asked, scorer)
 
     async def classify(self, texts: list[str], labels: str | list[str], *, mode: str = "constrained",
                        multi_label: bool = False, threshold: float | None = None, engine: str | None = None,
@@ -238,8 +274,7 @@ class Service:
         candidates = self.checks.labels(labels)
         chosen = self._ready_engine(engine)
         self._require_prompts(chosen, "零样本分类")
-        joined = ",".join(candidates)
-        prompts = [self._templates.render("classification", labels=joined, text=text) for text in clean]
+        prompts = [self._classification_prompt(candidates, text) for text in clean]
         with self._admitted(chosen, started) as ticket:
             if mode == "generate":
                 answers = await self._generate(chosen, prompts, zero_shot.GREEDY_ANSWER, ticket)
@@ -257,6 +292,9 @@ class Service:
                  chosen.name, mode, multi_label, len(clean), len(candidates), elapsed_ms)
         log.debug("classify texts=%s labels=%s answers=%s", clean, candidates, [item.label for item in items])
         return ClassifyResult(list(texts), candidates, items, chosen.name, elapsed_ms)
+
+    def _classification_prompt(self, labels: list[str], text: str) -> str:
+        return self._templates.render("classification", labels=",".join(labels), text=text)
 
     def tasks(self) -> list[Task]:
         """The tasks /generate serves."""
@@ -280,7 +318,10 @@ class Service:
                 [scores] = await self._scores(chosen, [(prompt, list(spec.labels))], ticket)
                 outputs = [max(scores, key=scores.__getitem__)]
             else:
-                outputs = (await self._distinct_outputs(chosen, [prompt], [set()], params, ticket))[0]
+                # The card's outputs (titles, keywords) have no input to be faithful to: repeats are removed.
+                repeats = gate.TextGate(None, gate.GateParams(quality="off"))
+                await self._gated_outputs(chosen, [prompt], [repeats], params, ticket)
+                outputs = repeats.outcome.texts
         elapsed_ms = (time.monotonic() - started) * 1000
         log.info("generate task=%s engine=%s outputs=%d ms=%.0f params=%s",
                  spec.name, chosen.name, len(outputs), elapsed_ms, params.as_log())
@@ -310,31 +351,64 @@ class Service:
 
     # --- engine calls -----------------------------------------------------------------------------
 
-    async def _distinct_outputs(self, engine: Engine, prompts: list[str], seen: list[set[str]],
-                                params: GenerationParams, ticket: Ticket) -> list[list[str]]:
-        """Sample, drop empty outputs, repeats and those in `seen`, and sample again if short."""
+    async def _gated_outputs(self, engine: Engine, prompts: list[str], gates: list[gate.TextGate],
+                             params: GenerationParams, ticket: Ticket, check: LabelCheck | None = None) -> None:
+        """Sample, pass each output through its prompt's gate (and the label check), and sample again while
+        some prompt is short: each gate's outcome holds what was kept and what was dropped, and why."""
         want = params.num_return_sequences
-        outputs: list[list[str]] = [[] for _ in prompts]
-        seen = [set(keys) for keys in seen]
         pending = list(range(len(prompts)))
         round_params = params
         for round_index in range(self.settings.resample_rounds + 1):
             answers = await self._generate(engine, [prompts[i] for i in pending], round_params, ticket)
+            passed: list[tuple[int, str, float | None]] = []
             for i, candidates in zip(pending, answers):
+                room = want - len(gates[i].outcome.kept)
                 for candidate in map(_clean, candidates):
-                    key = _same_text_key(candidate)
-                    if candidate and key not in seen[i] and len(outputs[i]) < want:
-                        seen[i].add(key)
-                        outputs[i].append(candidate)
-            pending = [i for i in pending if len(outputs[i]) < want]
+                    if not room:
+                        break
+                    reason, score = gates[i].check(candidate)
+                    if reason is None:
+                        passed.append((i, candidate, score))
+                        room -= 1
+                    else:
+                        gates[i].outcome.drop(candidate, reason, score)
+            if check is None:
+                for i, text, score in passed:
+                    gates[i].outcome.kept.append(gate.Kept(text, score))
+            else:
+                await self._check_labels(passed, gates, check, ticket, originals=round_index == 0)
+            pending = [i for i in pending if len(gates[i].outcome.kept) < want]
             if not pending or not params.do_sample:
                 break
             # A seeded request stays reproducible: each extra round uses the next seed.
             next_seed = None if params.seed is None else (params.seed + round_index + 1) % (SEED_RANGE[1] + 1)
             round_params = params.with_changes(
-                num_return_sequences=max(want - len(outputs[i]) for i in pending), seed=next_seed
+                num_return_sequences=max(want - len(gates[i].outcome.kept) for i in pending), seed=next_seed
             )
-        return outputs
+
+    async def _check_labels(self, passed: list[tuple[int, str, float | None]], gates: list[gate.TextGate],
+                            check: LabelCheck, ticket: Ticket, originals: bool) -> None:
+        """Keep the outputs whose constrained classification is their text's label, in one batched scoring
+        of them all (and, in the first round, of the texts themselves, which the answer reports)."""
+        items = [(i, text) for i, text, _ in passed if check.of_text[i] is not None]
+        if originals:
+            items += [(i, gates[i].source) for i, label in enumerate(check.of_text) if label is not None]
+        scores = await self._scores(check.scorer, [(self._classification_prompt(check.labels, text), check.labels)
+                                                   for _, text in items], ticket)
+        probability = {(i, text): each[check.of_text[i]] for (i, text), each in zip(items, scores)}
+        verdict = {(i, text): gate.label_verdict(each, check.of_text[i], gates[i].params.min_label_prob)
+                   for (i, text), each in zip(items, scores)}
+        if originals:
+            for i, label in enumerate(check.of_text):
+                if label is not None:
+                    gates[i].outcome.label_probability = probability[i, gates[i].source]
+        for i, text, score in passed:
+            if check.of_text[i] is None:
+                gates[i].outcome.kept.append(gate.Kept(text, score))
+            elif verdict[i, text]:
+                gates[i].outcome.kept.append(gate.Kept(text, score, probability[i, text]))
+            else:
+                gates[i].outcome.drop(text, "label_changed", score, probability[i, text])
 
     async def _generate(self, engine: Engine, prompts: list[str], params: GenerationParams,
                         ticket: Ticket) -> list[list[str]]:

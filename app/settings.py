@@ -67,7 +67,17 @@ class Settings:
     max_request_tokens: int = _opt(65536, "most tokens one request may ask for: texts x variants x max_length; "
                                           "more is a 422 work_too_large")
     no_coalescing: bool = _opt(False, "run every request in its own engine calls (turns dynamic batching off)")
-    resample_rounds: int = _opt(2, "extra sampling rounds to reach the requested distinct variants")
+    resample_rounds: int = _opt(2, "extra sampling rounds to replace variants the quality gate dropped")
+    quality: str = _opt("on", "the quality gate: on (every check below) or off (only exact repeats are removed)")
+    min_similarity: float = _opt(0.4, "gate: a variant whose character similarity to its text is lower is "
+                                      "dropped as too_far (0-1; calibrated: python -m bench.gate_calibration)")
+    max_similarity: float = _opt(0.99, "gate: a variant whose character similarity is higher is dropped as "
+                                       "too_close (0-1; near copies that change only particles or punctuation "
+                                       "are dropped whatever this is)")
+    min_length_ratio: float = _opt(0.5, "gate: a variant shorter than this share of its text is too_far")
+    max_length_ratio: float = _opt(2.0, "gate: a variant longer than this many times its text is too_far")
+    min_label_prob: float = _opt(0.0, "gate, with labels and the text's label: a variant whose label probability "
+                                      "is lower is dropped as label_changed (besides another label winning)")
     request_timeout_s: float = _opt(300.0, "longest time from a request's arrival to its answer before a 504")
     drain_seconds: float = _opt(25.0, "on SIGTERM: readiness turns 503, new work gets 503, and work in flight "
                                       "has this long to finish before the process exits 0")
@@ -104,6 +114,16 @@ class Settings:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.drain_seconds < 0:
             raise SettingsError(f"drain_seconds must be 0 or more, got {self.drain_seconds}")
+
+        if self.quality not in ("on", "off"):
+            raise SettingsError(f"quality must be on or off, got {self.quality!r}")
+        for low, high in (("min_similarity", "max_similarity"), ("min_length_ratio", "max_length_ratio")):
+            bound = 1.0 if low == "min_similarity" else 100.0
+            if not 0 <= getattr(self, low) <= getattr(self, high) <= bound:
+                raise SettingsError(f"{low} and {high} must satisfy 0 <= {low} <= {high} <= {bound:g}, got "
+                                    f"{getattr(self, low)} and {getattr(self, high)}")
+        if not 0 <= self.min_label_prob <= 1:
+            raise SettingsError(f"min_label_prob must be 0-1, got {self.min_label_prob}")
 
     @property
     def effective_device(self) -> str:

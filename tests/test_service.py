@@ -29,7 +29,9 @@ TEXTS = ["这款耳机的音质很好，佩戴也很舒适。", "物流速度很
 
 
 def make_service(engine=None, **overrides) -> Service:
-    settings = Settings(**overrides)
+    """A service around `engine`; the quality gate off unless asked (these doubles answer made-up strings, and
+    the tests here are of resampling, batching and limits: tests/test_gate.py tests the gate)."""
+    settings = Settings(**{"quality": "off", **overrides})
     service = Service(settings, load_templates(settings.templates_file))
     if engine is not None:
         service.load({engine.name: lambda: engine})

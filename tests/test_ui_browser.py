@@ -147,7 +147,7 @@ def test_batch_keeps_input_order_and_downloads_csv(page):
     expect(originals).to_have_count(found)
     shown_originals = [cell.strip() for cell in originals.all_inner_texts()]
     shown_variants = [cell.strip() for cell in
-                      page.locator('[role="gridcell"][aria-colindex="2"]').all_inner_texts()]
+                      page.locator('[role="gridcell"][aria-colindex="3"]').all_inner_texts()]
     assert set(shown_originals) == set(BATCH_LINES)
     # Input order: every row of the first line comes before any row of the second.
     assert shown_originals == sorted(shown_originals, key=BATCH_LINES.index)
@@ -157,19 +157,36 @@ def test_batch_keeps_input_order_and_downloads_csv(page):
     raw = Path(download_info.value.path()).read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf"), raw[:16]
     rows = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"), newline="")))
-    assert rows[0] == ["原文", "增强结果"]
+    assert rows[0] == ["原文", "标签", "增强结果", "相似度", "说明"]
     body = rows[1:]
     assert len(body) == found
-    assert all(len(row) == 2 and row[1].strip() for row in body), body
+    assert all(len(row) == 5 and row[2].strip() and 0 <= float(row[3]) <= 1 for row in body), body
     assert [row[0] for row in body] == shown_originals
-    assert [row[1] for row in body] == shown_variants
+    assert [row[2] for row in body] == shown_variants
     assert download_info.value.suggested_filename.endswith(".csv")
 
     # 复制全部 on this tab copies the table, one tab-separated row per line.
     page.evaluate("navigator.clipboard.writeText('sentinel')")
     visible_button(page, "复制全部").click()
     copied = read_clipboard(page, differs_from="sentinel")
-    assert copied == "\n".join(f"{original}\t{variant}" for original, variant in body)
+    assert copied == "\n".join("\t".join(row) for row in body)
+
+
+def test_the_quality_gate_says_what_it_dropped_and_no_input_leaves_the_batch_table(page):
+    """The tiny model answers noise: with the gate on (these servers start with it off), the noise is dropped,
+    the status line counts it by reason, and each input keeps a row that says why it got nothing."""
+    page.get_by_role("tab", name="批量增强").click()
+    page.get_by_label("每行一条文本").fill("\n".join(BATCH_LINES))
+    page.get_by_text("质量过滤", exact=True).locator("visible=true").click()
+    page.get_by_label("启用质量过滤").locator("visible=true").check()
+    visible_button(page, "批量增强").click()
+    status = page.get_by_text(re.compile(r"^2 条文本共生成 0 条结果.*；过滤 \d+ 条：.*；2 条文本没有结果"))
+    expect(status).to_be_visible()
+    originals = page.locator('[role="gridcell"][aria-colindex="1"]')
+    expect(originals).to_have_count(2)
+    assert [cell.strip() for cell in originals.all_inner_texts()] == BATCH_LINES
+    reasons = [cell.strip() for cell in page.locator('[role="gridcell"][aria-colindex="5"]').all_inner_texts()]
+    assert all(reason.startswith("没有结果：过滤 ") for reason in reasons), reasons
 
 
 def test_copy_buttons_put_variants_on_clipboard(page):

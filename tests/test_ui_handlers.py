@@ -28,10 +28,10 @@ def test_gradio_starts_every_event_at_once_and_its_queue_is_bounded():
     assert demo._queue.max_size == demo._queue.max_thread_count == 4 * 12
 
 
-def test_only_the_three_api_endpoints_are_public():
+def test_only_the_four_api_endpoints_are_public():
     demo = ui.build(_service())
     public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
-    assert public == ["augment", "augment_batch", "classify"]
+    assert public == ["augment", "augment_batch", "augment_report", "classify"]
 
 
 def test_slider_floats_become_integers_and_an_empty_seed_means_random():
@@ -65,11 +65,12 @@ def test_batch_lines_keep_order_and_skip_blank_lines():
 
 
 def test_the_csv_opens_in_excel_with_chinese_intact():
-    path = augment_tab.write_csv([["原文一", "结果一"], ["原文一", "结果二,带逗号"]])
+    written = [["原文一", "正面", "结果一", "0.52", ""], ["原文一", "正面", "结果二,带逗号", "0.61", ""]]
+    path = augment_tab.write_csv(written)
     raw = path.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf")
     rows = list(csv.reader(raw.decode("utf-8-sig").splitlines()))
-    assert rows == [["原文", "增强结果"], ["原文一", "结果一"], ["原文一", "结果二,带逗号"]]
+    assert rows == [["原文", "标签", "增强结果", "相似度", "说明"], *written]
 
 
 def test_the_banner_tells_loading_missing_draining_and_ready_apart(tmp_path):

@@ -17,6 +17,7 @@ from app.params import (
     GenerationParams,
     params_from,
 )
+from app.gate import GateParams
 from app.service import Service
 
 # Works on plain http://host:7860 too, where browsers hide navigator.clipboard.
@@ -90,6 +91,63 @@ def ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed)
     values = dict(num_return_sequences=num_return_sequences, max_length=max_length,
                   temperature=temperature, top_k=top_k, top_p=top_p, seed=_seed(seed))
     return params_from(values)
+
+
+@dataclass(frozen=True)
+class QualityControls:
+    """The 质量过滤 section of a tab: the gate's thresholds and the label check (handlers get `inputs()`)."""
+
+    on: gr.Checkbox
+    min_similarity: gr.Slider
+    max_similarity: gr.Slider
+    min_length_ratio: gr.Slider
+    max_length_ratio: gr.Slider
+    labels: gr.Textbox
+    min_label_prob: gr.Slider
+    show_rejected: gr.Checkbox
+    text_label: gr.Textbox | None  # the single text's own label; a batch gives each line's after a tab
+
+    def inputs(self) -> list:
+        own = [self.text_label] if self.text_label is not None else []
+        return [self.on, self.min_similarity, self.max_similarity, self.min_length_ratio, self.max_length_ratio,
+                self.min_label_prob, self.show_rejected, self.labels, *own]
+
+
+def quality_controls(service: Service, label_help: str, text_label: bool) -> QualityControls:
+    """The 质量过滤 accordion, its defaults the server's settings."""
+    defaults = service.gate_defaults
+    with gr.Accordion("质量过滤", open=False):
+        on = gr.Checkbox(value=defaults.on, label="启用质量过滤",
+                         info="关闭后只去掉完全重复的结果；开启时丢弃丢了数字等关键信息、几乎照抄原文、离原文太远或改变标签的结果")
+        with gr.Row():
+            min_similarity = gr.Slider(0, 1, value=defaults.min_similarity, step=0.01, label="最低相似度",
+                                       info="与原文的字符相似度低于此值的结果视为相差过大")
+            max_similarity = gr.Slider(0, 1, value=defaults.max_similarity, step=0.01, label="最高相似度",
+                                       info="高于此值视为过于相似（只改了标点、语气词的结果总会被去掉）")
+        with gr.Row():
+            min_length_ratio = gr.Slider(0, 5, value=defaults.min_length_ratio, step=0.05, label="最短长度比",
+                                         info="结果长度 ÷ 原文长度 的下限")
+            max_length_ratio = gr.Slider(0, 5, value=defaults.max_length_ratio, step=0.05, label="最长长度比",
+                                         info="结果长度 ÷ 原文长度 的上限")
+        with gr.Row():
+            labels = gr.Textbox(label="标签检查：候选标签（可选）", placeholder="如 正面,负面（逗号或顿号分隔）",
+                                info=label_help)
+            own = gr.Textbox(label="原文的标签", placeholder="如 正面") if text_label else None
+        with gr.Row():
+            min_label_prob = gr.Slider(0, 1, value=defaults.min_label_prob, step=0.05, label="标签最低概率",
+                                       info="结果属于原文标签的概率低于此值时丢弃（需要 mT5 权重）")
+            show_rejected = gr.Checkbox(value=False, label="显示被过滤的结果及原因")
+    return QualityControls(on, min_similarity, max_similarity, min_length_ratio, max_length_ratio, labels,
+                           min_label_prob, show_rejected, own)
+
+
+def ui_quality(service: Service, on, min_similarity, max_similarity, min_length_ratio, max_length_ratio,
+               min_label_prob, show_rejected) -> GateParams:
+    """The gate's params from the 质量过滤 controls (None: the server's setting)."""
+    return service.gate_defaults.with_sent(dict(
+        quality=None if on is None else "on" if on else "off", min_similarity=min_similarity, max_similarity=max_similarity,
+        min_length_ratio=min_length_ratio, max_length_ratio=max_length_ratio, min_label_prob=min_label_prob,
+        return_rejected=bool(show_rejected)))
 
 
 def engine_selector():

@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 # The service's messages name the API's fields ("text 为空或只有空白"); the page names its own controls.
 FIELD_LABELS = {"text": "输入文本", "passage": "段落", "answer": "答案"}
 PAGE_FIELDS = {**FIELD_LABELS, "num_return_sequences": "生成数量", "temperature": "温度", "max_length": "最大长度",
-               "top_k": "Top-K", "top_p": "Top-P", "threshold": "多标签阈值"}
-_BATCH_ITEM = re.compile(r"texts\[(\d+)\]")
+               "top_k": "Top-K", "top_p": "Top-P", "threshold": "多标签阈值", "label": "原文的标签",
+               "labels": "候选标签", "min_similarity": "最低相似度", "max_similarity": "最高相似度",
+               "min_length_ratio": "最短长度比", "max_length_ratio": "最长长度比", "min_label_prob": "标签最低概率"}
+_BATCH_ITEM = re.compile(r"(texts|text_labels)\[(\d+)\]")
 ERROR_TITLE = "请求未完成"
 UNEXPECTED = "服务器内部错误，请稍后重试；如需排查，请把请求编号 {rid} 告诉管理员（日志里按编号检索）"
 
@@ -35,7 +37,10 @@ def in_page_words(error: DppError) -> str:
     if not field or not message.startswith(field):
         return message
     item = _BATCH_ITEM.fullmatch(field)
-    shown = f"第 {int(item[1]) + 1} 条文本" if item else PAGE_FIELDS.get(field)
+    if item:
+        shown = f"第 {int(item[2]) + 1} 条文本" + ("" if item[1] == "texts" else "的标签")
+    else:
+        shown = PAGE_FIELDS.get(field)
     return shown + message[len(field):] if shown else message
 
 

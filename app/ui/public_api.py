@@ -1,4 +1,4 @@
-"""The Gradio API's named endpoints (/augment, /augment_batch, /classify) for gradio_client: the REST
+"""The Gradio API's named endpoints (/augment, /augment_report, /augment_batch, /classify) for gradio_client: the REST
 contract's parameters and defaults, through the same service and the same admission as every request."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import gradio as gr
 
 from app.errors import InvalidParameter
 from app.params import DEFAULTS
-from app.service import Service
+from app.gate import GATE_FIELDS, GateParams
+from app.service import AugmentResult, Service
 from app.ui.controls import ui_params
 from app.ui.events import SessionWork, event, in_api_words
 
@@ -25,24 +26,79 @@ def _checked_string(value: object, field: str) -> list[str]:
     return [value]
 
 
+def _quality(service: Service, values: dict) -> GateParams:
+    return service.gate_defaults.with_sent(values)
+
+
+async def _augmented(service: Service, texts: list[str], field_name: str, text_labels: list | None, params: dict,
+                     gated: dict) -> AugmentResult:
+    engine, labels = gated.pop("engine"), gated.pop("labels")
+    return await service.augment(texts, ui_params(**params), engine=engine, field_name=field_name,
+                                 quality=_quality(service, gated), labels=labels, text_labels=text_labels)
+
+
 async def augment(service: Service, text: str, num_return_sequences: int = DEFAULTS.num_return_sequences,
                   max_length: int = DEFAULTS.max_length, temperature: float = DEFAULTS.temperature,
                   top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p, seed: int | None = None,
-                  engine: str | None = None) -> list[str]:
-    """Return distinct augmented variants of one text."""
-    params = ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed)
-    texts = _checked_string(text, "text")
-    return (await service.augment(texts, params, engine=engine, field_name="text")).variants[0]
+                  engine: str | None = None, quality: str | None = None, min_similarity: float | None = None,
+                  max_similarity: float | None = None, min_length_ratio: float | None = None,
+                  max_length_ratio: float | None = None, labels: list[str] | str | None = None,
+                  label: str | None = None, min_label_prob: float | None = None) -> list[str]:
+    """Return distinct augmented variants of one text, each through the quality gate (see /augment_report
+    for the gate's figures)."""
+    params, gated = _split(locals())
+    result = await _augmented(service, _checked_string(text, "text"), "text", _one_label(label), params, gated)
+    return result.variants[0]
+
+
+async def augment_report(service: Service, text: str, num_return_sequences: int = DEFAULTS.num_return_sequences,
+                         max_length: int = DEFAULTS.max_length, temperature: float = DEFAULTS.temperature,
+                         top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p, seed: int | None = None,
+                         engine: str | None = None, quality: str | None = None, min_similarity: float | None = None,
+                         max_similarity: float | None = None, min_length_ratio: float | None = None,
+                         max_length_ratio: float | None = None, labels: list[str] | str | None = None,
+                         label: str | None = None, min_label_prob: float | None = None,
+                         return_rejected: bool = False) -> dict:
+    """/augment's variants with the quality gate's figures, as REST's /augment answers them: variants (text,
+    similarity, label_probability), dropped (by reason), rejected (with return_rejected)."""
+    params, gated = _split(locals())
+    result = await _augmented(service, _checked_string(text, "text"), "text", _one_label(label), params, gated)
+    outcome = result.outcomes[0]
+    report = {"augmented_texts": outcome.texts, "variants": [kept.as_dict() for kept in outcome.kept],
+              "dropped": outcome.dropped_counts(), "engine": result.engine}
+    if outcome.label_probability is not None:
+        report["label_probability"] = round(outcome.label_probability, 4)
+    if return_rejected:
+        report["rejected"] = [rejected.as_dict() for rejected in outcome.rejected]
+    return report
 
 
 async def augment_batch(service: Service, texts: list[str], num_return_sequences: int = DEFAULTS.num_return_sequences,
                         max_length: int = DEFAULTS.max_length, temperature: float = DEFAULTS.temperature,
                         top_k: int = DEFAULTS.top_k, top_p: float = DEFAULTS.top_p, seed: int | None = None,
-                        engine: str | None = None) -> list[list[str]]:
-    """Return, per text and in input order, its augmented variants."""
-    params = ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed)
+                        engine: str | None = None, quality: str | None = None, min_similarity: float | None = None,
+                        max_similarity: float | None = None, min_length_ratio: float | None = None,
+                        max_length_ratio: float | None = None, labels: list[str] | str | None = None,
+                        text_labels: list[str | None] | None = None,
+                        min_label_prob: float | None = None) -> list[list[str]]:
+    """Return, per text and in input order, its augmented variants, each through the quality gate."""
+    params, gated = _split(locals())
     texts = _checked_strings(texts, "texts")
-    return (await service.augment(texts, params, engine=engine, field_name="texts")).variants
+    return (await _augmented(service, texts, "texts", text_labels, params, gated)).variants
+
+
+_PARAMS = ("num_return_sequences", "temperature", "max_length", "top_k", "top_p", "seed")
+
+
+def _split(values: dict) -> tuple[dict, dict]:
+    """A handler's arguments as generation params and the gate's (with engine and labels)."""
+    params = {name: values[name] for name in _PARAMS}
+    gated = {name: values.get(name) for name in (*GATE_FIELDS, "engine", "labels")}
+    return params, gated
+
+
+def _one_label(label: object) -> list | None:
+    return None if label is None else [label]
 
 
 async def classify(service: Service, text: str, labels: list[str] | str, mode: str = "constrained",
@@ -56,5 +112,5 @@ async def classify(service: Service, text: str, labels: list[str] | str, mode: s
 
 def register(service: Service, sessions: SessionWork) -> None:
     """Named endpoints whose errors name the fields their clients sent."""
-    for handler in (augment, augment_batch, classify):
+    for handler in (augment, augment_report, augment_batch, classify):
         gr.api(event(handler, service, sessions, in_api_words), api_name=handler.__name__)
