@@ -15,20 +15,22 @@ All in one run, on this CPU, each comparison interleaved (arms take turns going 
 2. end_to_end: Service.augment([text]) per request, 3 variants, one seed per request (the same seed in
    every arm), quality="off" against the default gate; on the lexical engine (every sentence) and on
    the CTranslate2 engine of bench.cpu_engines (mT5-base shape, int8, output length forced to 32 new
-   tokens, a few sentences). Each request's engine rounds (generate calls), variants generated and the
-   gate's drops are counted through a thin wrapper of the engine, so the reader sees why times differ.
+   tokens, a few sentences). Each request's engine rounds (generate calls), variants asked for and
+   returned, and the gate's drops are counted through a thin wrapper of the engine, so the reader sees
+   why times differ.
 3. label_check: on the CTranslate2 engine, with the gate on, the same requests with labels
    ["正面", "负面"] and text_labels ["正面"] against none; and one `score_batch` call for a request's 3
-   variants (and for 3 variants + the text, the first round's call) against one `generate` call.
+   variants (and for 3 variants + the text, the first round's call) against one `generate` call,
+   seeded (what the service's seeded requests run) and unseeded.
 
 Random weights write noise, and this checkpoint's tokenizer (the tests' 600-piece SentencePiece model)
-has no text for the ids the model samples (which range over mT5's 250,112): every CTranslate2 output
-decodes to "", so the gate drops each as `empty`, with quality="off" as well, and every request runs
-all its resampling rounds in both arms; nothing reaches the label check but the text itself. So the
-CTranslate2 arms are also run through `ct2_readable`, the same engine whose `generate` pays the full
-CTranslate2 call and then answers with the lexical engine's variants of the text (same seed): real
-generation cost, with candidates a gate keeps, so that the label check scores 3 variants per text as
-it would with trained weights. Its scoring is CTranslate2's own.
+has no text for most ids the model samples (which range over mT5's 250,112): the CTranslate2 outputs
+decode to "" (nearly all), the gate drops each as `empty`, with quality="off" as well, so every request
+runs all its resampling rounds in both arms, and nothing reaches the label check but the text itself.
+Two stand-ins pay the full CTranslate2 `generate` call and then answer with other text (the same seed):
+`ct2_noise`, 32 tokenizer pieces drawn at random, which quality="off" keeps and the gate drops as
+too_far (the gate's own extra rounds, at their worst); `ct2_readable`, the lexical engine's variants of
+the text, which the gate keeps, so that the label check scores kept variants. Scoring is CTranslate2's.
 
 The CTranslate2 model is bench.cpu_engines' cache (built once in a child process, so that torch never
 loads in this one: it halves CTranslate2's speed here). Machines are noisy: read the ratios of medians.
@@ -65,7 +67,7 @@ ZH_SENTENCES = ROOT / "tests" / "data" / "zh_sentences.txt"
 LABELS = ["正面", "负面"]
 TEXT_LABEL = "正面"
 SEED_BASE = 1000
-CT2_TEXTS = 6  # sentences for the CTranslate2 end-to-end arms (each request costs seconds)
+CT2_TEXTS = 4  # sentences for the CTranslate2 end-to-end arms (each request costs seconds)
 CHECK_REPEATS = 100  # timed passes over every request in gate_checks
 LEXICAL_E2E_ROUNDS = 5
 
@@ -179,7 +181,8 @@ def gate_checks(requests: dict[str, list[tuple[str, list[str]]]], arms: dict[str
                         reasons[name].update(reason or "passed" for reason in why)
                         continue
                     init[name].append(built / 1000)
-                    checks[name].append(checked / 1000 / max(1, len(candidates)))
+                    if candidates:  # a request with no candidate checks nothing: no per-variant figure
+                        checks[name].append(checked / 1000 / len(candidates))
                     whole[name].append((built + checked) / 1000)
                     wall[name].append(elapsed / 1000)
         variants = [len(candidates) for _, candidates in items]
@@ -187,6 +190,7 @@ def gate_checks(requests: dict[str, list[tuple[str, list[str]]]], arms: dict[str
         report[set_name] = {
             "requests": len(items),
             "variants": sum(variants),
+            "requests_by_variant_count": dict(sorted(collections.Counter(variants).items())),
             "candidate_chars": summary(lengths),
             "source_chars": summary([len(source) for source, _ in items]),
             **{name: {
@@ -242,6 +246,7 @@ def e2e_report(arms: dict[str, Arm], times: dict[str, list[float]]) -> dict:
             "per_request_mean": {
                 "engine_rounds": round(total["generate_calls"] / per, 3),
                 "variants_generated": round(total["rows_sampled"] / per, 3),
+                "outputs_returned": round(total["outputs"] / per, 3),
                 "empty_outputs": round(total["empty_outputs"] / per, 3),
                 "generate_ms": round(total["generate_ms"] / per, 1),
                 "score_calls": round(total["score_calls"] / per, 3),
@@ -257,13 +262,17 @@ def e2e_report(arms: dict[str, Arm], times: dict[str, list[float]]) -> dict:
     return report
 
 
+def progress(message: str, started: float) -> None:
+    print(f"[gate_cost {time.monotonic() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+
 def _median(times: dict[str, list[float]], name: str) -> float:
     return statistics.median(times[name])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gate_cost", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=2, help="timed rounds of the CTranslate2 end-to-end arms")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds of the CTranslate2 arms")
     parser.add_argument("--ct2-texts", type=int, default=CT2_TEXTS, help="sentences for the CTranslate2 arms")
     parser.add_argument("--check-repeats", type=int, default=CHECK_REPEATS, help="timed passes in gate_checks")
     parser.add_argument("--lexical-rounds", type=int, default=LEXICAL_E2E_ROUNDS,
@@ -271,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    load_at_start = os.getloadavg()
 
     texts = sentences()
     settings = Settings()
@@ -279,10 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     lexical = LexicalEngine(settings.lexicon_file)
     ct2 = CT2Engine(ct2_model())
     seeds = {text: SEED_BASE + index for index, text in enumerate(texts)}
+    progress("engines loaded", started)
 
     # --- the candidates, collected once -----------------------------------------------------------
-    def lexical_variants(prompts: list[str], params) -> list[list[str]]:
-        return lexical.generate(prompts, params)
+    tokenizer = ct2._tokenizer
+    pieces = [i for i in range(tokenizer.get_vocab_size())
+              if not (token := tokenizer.id_to_token(i)).startswith("<") and token != "▁"]
+
+    def noise(draw: random.Random) -> str:
+        """NEW_TOKENS pieces drawn from the tokenizer's own vocabulary, decoded: a 32-token output's text."""
+        return tokenizer.decode([draw.choice(pieces) for _ in range(NEW_TOKENS)])
+
+    def noise_outputs(prompts: list[str], params) -> list[list[str]]:
+        return [[noise(random.Random(f"{params.seed}\x00{prompt}\x00{row}"))
+                 for row in range(params.num_return_sequences)] for prompt in prompts]
 
     lexical_candidates = [(text, [_clean(v) for v in lexical.generate([text], REQUEST.with_changes(
         seed=seeds[text]))[0]]) for text in texts]
@@ -293,67 +313,76 @@ def main(argv: list[str] | None = None) -> int:
                                          for text in texts[start:start + ct2.batch_size]], REQUEST))
     ct2_collect_s = time.perf_counter() - collect_started
     ct2_candidates = [(text, [_clean(v) for v in outputs]) for text, outputs in zip(texts, ct2_outputs)]
-    # Stand-in for a model's text: NEW_TOKENS pieces drawn from the tokenizer's own vocabulary, decoded.
-    tokenizer = ct2._tokenizer
-    pieces = [i for i in range(tokenizer.get_vocab_size())
-              if not (token := tokenizer.id_to_token(i)).startswith("<") and token != "▁"]
-    draw = random.Random(0)
-    noise_candidates = [(text, [_clean(tokenizer.decode([draw.choice(pieces) for _ in range(NEW_TOKENS)]))
-                                for _ in range(VARIANTS)]) for text in texts]
+    noise_candidates = [(text, [_clean(v) for v in noise_outputs([text], REQUEST.with_changes(seed=seeds[text]))[0]])
+                        for text in texts]
     candidate_sets = {"lexical_variants": lexical_candidates, "ct2_sampled_outputs": ct2_candidates,
                       "token_noise_32": noise_candidates}
+    progress("candidates collected", started)
 
     # --- 1. the gate's own cost -------------------------------------------------------------------
     checks = gate_checks(candidate_sets, {"gate_on": gate_on, "gate_off": gate_off}, args.check_repeats)
+    progress("gate checks timed", started)
 
     # --- 2. end to end on the lexical engine --------------------------------------------------------
     loop = asyncio.new_event_loop()
+
+    def service_of(engine: Counted) -> Service:
+        service = Service(settings, templates)
+        service.load({engine.name: lambda: engine})
+        return service
+
     lexical_counted = Counted(lexical)
-    lexical_service = Service(settings, templates)
-    lexical_service.load({"lexical": lambda: lexical_counted})
+    lexical_service = service_of(lexical_counted)
     lexical_arms = {"off": Arm(loop, lexical_service, lexical_counted, gate_off, False),
                     "on": Arm(loop, lexical_service, lexical_counted, gate_on, False)}
     items = [(text, seeds[text]) for text in texts]
     for arm in lexical_arms.values():
         arm.warm(items[0])
     lexical_times = run_interleaved(lexical_arms, items, args.lexical_rounds, warm_up=False)
+    progress("lexical end to end timed", started)
 
-    # --- 2 and 3. end to end on CTranslate2, as it is and with readable candidates ------------------
+    # --- 2 and 3. end to end on CTranslate2: as it is, with readable text, with noise ----------------
     step = max(1, len(texts) // args.ct2_texts)
     ct2_items = items[::step][:args.ct2_texts]
     ct2_counted = Counted(ct2)
-    ct2_service = Service(settings, templates)
-    ct2_service.load({"mt5-ct2": lambda: ct2_counted})
-    readable_counted = Counted(ct2, text_from=lexical_variants)
-    readable_service = Service(settings, templates)
-    readable_service.load({"mt5-ct2": lambda: readable_counted})
+    readable_counted = Counted(ct2, text_from=lexical.generate)
+    noise_counted = Counted(ct2, text_from=noise_outputs)
+    ct2_service, readable_service, noise_service = map(service_of, (ct2_counted, readable_counted, noise_counted))
     ct2_arms = {
         "ct2/off": Arm(loop, ct2_service, ct2_counted, gate_off, False),
         "ct2/on": Arm(loop, ct2_service, ct2_counted, gate_on, False),
         "ct2/on+labels": Arm(loop, ct2_service, ct2_counted, gate_on, True),
-        "ct2_readable/off": Arm(loop, readable_service, readable_counted, gate_off, False),
         "ct2_readable/on": Arm(loop, readable_service, readable_counted, gate_on, False),
         "ct2_readable/on+labels": Arm(loop, readable_service, readable_counted, gate_on, True),
+        "ct2_noise/off": Arm(loop, noise_service, noise_counted, gate_off, False),
+        "ct2_noise/on": Arm(loop, noise_service, noise_counted, gate_on, False),
     }
     warm_item = next(item for item in items if item not in ct2_items)
     for arm in ct2_arms.values():
         arm.warm(warm_item)
     ct2_times = run_interleaved(ct2_arms, ct2_items, args.rounds, warm_up=False)
+    progress("CTranslate2 end to end timed", started)
 
     # --- 3. one score_batch call against one generate call -------------------------------------------
     def classification(text: str) -> tuple[str, list[str]]:
         return templates.render("classification", labels=",".join(LABELS), text=text), LABELS
 
-    variants_of = {text: lexical_variants([text], REQUEST.with_changes(seed=seed))[0] for text, seed in ct2_items}
+    readable_3 = {}
+    for text, seed in [*ct2_items, warm_item]:
+        request = REQUEST.with_changes(seed=seed)
+        readable_3[text] = (lexical.generate([text], request)[0] + noise_outputs([text], request)[0])[:VARIANTS]
     call_arms = {
         "generate_seeded": lambda item: ct2.generate([item[0]], REQUEST.with_changes(seed=item[1])),
         "generate_unseeded": lambda item: ct2.generate([item[0]], REQUEST),
-        "score_batch_3_variants": lambda item: ct2.score_batch([classification(v) for v in variants_of[item[0]]]),
+        "score_batch_3_variants": lambda item: ct2.score_batch([classification(v) for v in readable_3[item[0]]]),
         "score_batch_3_variants_and_text": lambda item: ct2.score_batch(
-            [classification(v) for v in [*variants_of[item[0]], item[0]]]),
+            [classification(v) for v in [*readable_3[item[0]], item[0]]]),
     }
-    call_times = run_interleaved(call_arms, ct2_items, args.rounds + 1)
+    for arm in call_arms.values():
+        arm(warm_item)
+    call_times = run_interleaved(call_arms, ct2_items, args.rounds + 1, warm_up=False)
     loop.close()
+    progress("single calls timed", started)
 
     # --- the report ---------------------------------------------------------------------------------
     lexical_e2e = e2e_report(lexical_arms, lexical_times)
@@ -365,17 +394,30 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_on_over_off": _ratio(_median(times, on), _median(times, off)),
                 "gate_overhead_share": _ratio(_median(times, on) - _median(times, off), _median(times, on))}
 
-    per_variant = {name: checks[name]["gate_on"]["cpu_us_per_variant_check"]["p50"] for name in checks}
+    def label_cost(prefix: str) -> dict:
+        labelled, plain = _median(ct2_times, f"{prefix}/on+labels"), _median(ct2_times, f"{prefix}/on")
+        return {"median_ms_with_labels": round(labelled, 1), "median_ms_without": round(plain, 1),
+                "ratio_labels_over_none": _ratio(labelled, plain),
+                "label_check_share": _ratio(labelled - plain, labelled),
+                "score_ms_per_request_over_generate_ms": _ratio(
+                    ct2_e2e[f"{prefix}/on+labels"]["per_request_mean"]["score_ms"],
+                    ct2_e2e[f"{prefix}/on+labels"]["per_request_mean"]["generate_ms"])}
+
+    def arms_of(prefix: str) -> dict:
+        return {name: ct2_e2e[name] for name in ct2_arms if name.startswith(prefix + "/")}
+
+    empty = sum(not c for _, cs in ct2_candidates for c in cs)
     report = {
         "benchmark": "gate_cost: the quality gate's own CPU cost, its end-to-end overhead, and the label check",
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "threads": len(os.sched_getaffinity(0)),
+        "load_average_1m": {"start": round(load_at_start[0], 2), "end": round(os.getloadavg()[0], 2)},
         "settings": {
             "sentences": len(texts),
             "sentence_files": [str(LEXICAL_SENTENCES.relative_to(ROOT)), str(ZH_SENTENCES.relative_to(ROOT))],
             "request": f"1 text, {VARIANTS} variants, {NEW_TOKENS} new tokens forced (min = max) on CTranslate2, "
-                       f"one seed per text ({SEED_BASE} + its index), the same in every arm",
+                       f"seed {SEED_BASE} + the text's index, the same in every arm",
             "gate_on": {name: getattr(gate_on, name) for name in gate.GATE_FIELDS},
             "gate_off": {"quality": "off"},
             "resample_rounds": settings.resample_rounds,
@@ -385,55 +427,54 @@ def main(argv: list[str] | None = None) -> int:
             "lexical_e2e_rounds": args.lexical_rounds,
             "ct2_rounds": args.rounds,
             "ct2_texts": [text for text, _ in ct2_items],
-            "ct2_model": "bench.cpu_engines cache: mT5-base shape, random weights, CTranslate2 "
-                         f"{ct2.info()['dtype']}, {ct2._threads} threads",
-            "ct2_readable": "the CTranslate2 engine's generate call, its outputs replaced by the lexical "
-                            "engine's variants of the text (same seed); scoring is CTranslate2's",
+            "ct2_model": f"{CT2_DIR.relative_to(ROOT)} (bench.cpu_engines): mT5-base shape, random weights, "
+                         f"CTranslate2 {ct2.info()['dtype']}, {ct2._threads} threads",
+            "ct2_readable": "CTranslate2's generate call paid in full, its outputs replaced by the lexical engine's "
+                            "variants of the text (same seed); scoring is CTranslate2's",
+            "ct2_noise": "CTranslate2's generate call paid in full, its outputs replaced by 32 tokenizer pieces "
+                         "drawn at random (seeded): text the gate drops as too_far, but quality=off keeps",
+            "single_call_variants": "per text, the lexical engine's variants, filled up to 3 with token noise",
         },
         "gate_checks_us": checks,
         "gate_checks_summary": {
-            "p50_cpu_us_per_variant_gate_on": per_variant,
+            "p50_cpu_us_per_variant_gate_on": {name: checks[name]["gate_on"]["cpu_us_per_variant_check"]["p50"]
+                                               for name in checks},
             "p50_cpu_us_per_request_gate_on": {name: checks[name]["gate_on"]["cpu_us_per_request"]["p50"]
                                                for name in checks},
-            "ct2_sampled_outputs_empty_share": round(
-                sum(not c for _, cs in ct2_candidates for c in cs) / max(1, sum(len(cs) for _, cs in ct2_candidates)),
-                4),
+            "p95_cpu_us_per_request_gate_on": {name: checks[name]["gate_on"]["cpu_us_per_request"]["p95"]
+                                               for name in checks},
+            "ct2_sampled_outputs_empty": f"{empty} of {sum(len(cs) for _, cs in ct2_candidates)}",
             "ct2_candidates_collected_s": round(ct2_collect_s, 1),
         },
         "end_to_end": {
             "lexical": {"arms": lexical_e2e, "overhead": overhead(lexical_times, "on", "off")},
-            "ct2": {"arms": {name: ct2_e2e[name] for name in ct2_arms if name.startswith("ct2/")},
-                    "overhead": overhead(ct2_times, "ct2/on", "ct2/off")},
-            "ct2_readable": {"arms": {name: ct2_e2e[name] for name in ct2_arms if name.startswith("ct2_readable/")},
-                             "overhead": overhead(ct2_times, "ct2_readable/on", "ct2_readable/off")},
+            "ct2": {"arms": arms_of("ct2"), "overhead": overhead(ct2_times, "ct2/on", "ct2/off")},
+            "ct2_noise": {"arms": arms_of("ct2_noise"),
+                          "overhead": overhead(ct2_times, "ct2_noise/on", "ct2_noise/off")},
+            "ct2_readable": {"arms": arms_of("ct2_readable")},
         },
         "label_check": {
-            "ct2": {"labels_over_no_labels": _ratio(_median(ct2_times, "ct2/on+labels"), _median(ct2_times, "ct2/on")),
-                    "label_check_share": _ratio(_median(ct2_times, "ct2/on+labels") - _median(ct2_times, "ct2/on"),
-                                                _median(ct2_times, "ct2/on+labels"))},
-            "ct2_readable": {
-                "labels_over_no_labels": _ratio(_median(ct2_times, "ct2_readable/on+labels"),
-                                                _median(ct2_times, "ct2_readable/on")),
-                "label_check_share": _ratio(
-                    _median(ct2_times, "ct2_readable/on+labels") - _median(ct2_times, "ct2_readable/on"),
-                    _median(ct2_times, "ct2_readable/on+labels"))},
+            "ct2": label_cost("ct2"),
+            "ct2_readable": label_cost("ct2_readable"),
             "single_calls_ms": call_stats,
             "single_call_ratios": {
                 "score_3_variants_over_generate_seeded": _ratio(call_stats["score_batch_3_variants"]["p50"],
                                                                 call_stats["generate_seeded"]["p50"]),
                 "score_3_variants_over_generate_unseeded": _ratio(call_stats["score_batch_3_variants"]["p50"],
                                                                   call_stats["generate_unseeded"]["p50"]),
+                "score_3_variants_and_text_over_generate_seeded": _ratio(
+                    call_stats["score_batch_3_variants_and_text"]["p50"], call_stats["generate_seeded"]["p50"]),
                 "score_3_variants_and_text_over_generate_unseeded": _ratio(
                     call_stats["score_batch_3_variants_and_text"]["p50"], call_stats["generate_unseeded"]["p50"]),
             },
-            "scored_variants": "the lexical engine's variants of each CTranslate2 text (its own outputs are empty)",
         },
         "run_seconds": round(time.monotonic() - started, 1),
-        "note": "Random weights: CTranslate2's outputs decode to empty strings with this test tokenizer (see "
-                "the module docstring), so ct2/* shows the worst case (every round runs, with the gate on "
-                "or off) and ct2_readable/* the case where the gate keeps variants. A seeded CTranslate2 "
-                "call builds a new translator (app/engines/ct2.py), so each extra round pays that too. Arms "
-                "ran interleaved in one run; read ratios of medians.",
+        "note": "Random weights: CTranslate2's outputs decode to empty strings with this test tokenizer (module "
+                "docstring), so ct2/* is the case where every round runs, gate on or off; ct2_noise/* shows the "
+                "gate's own extra rounds (off keeps the first round's 3, on drops them all); ct2_readable/* lets "
+                "the label check score kept variants. A seeded CTranslate2 call builds a new translator "
+                "(app/engines/ct2.py), so every extra round pays that again. Arms ran interleaved in one run: "
+                "read ratios of medians; few CTranslate2 samples (ct2_texts x ct2_rounds per arm).",
     }
     return emit(report, args.out)
 
