@@ -17,7 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from app.api_errors import UTF8JSONResponse, install_error_handling
 from app.errors import MethodNotAllowed, RequestCancelled
-from app.gate import GATE_FIELDS, GateParams, Outcome
+from app.gate import GATE_FIELDS, GateParams
 from app.logs import request_id
 from app.params import GenerationParams, params_from, task_params
 from app.service import Service
@@ -152,18 +152,6 @@ def _served_by(result: Any) -> dict:
     return {"engine": result.engine, "request_id": request_id.get(), "elapsed_ms": round(result.elapsed_ms, 1)}
 
 
-def _gated(outcome: Outcome, quality: GateParams) -> dict:
-    """One text's gate figures: each variant's similarity (and label probability), the dropped by reason,
-    and with return_rejected the dropped texts with their reasons."""
-    shown: dict[str, Any] = {"variants": [variant.as_dict() for variant in outcome.kept],
-                             "dropped": outcome.dropped_counts()}
-    if outcome.label_probability is not None:
-        shown["label_probability"] = round(outcome.label_probability, 4)
-    if quality.return_rejected:
-        shown["rejected"] = [rejected.as_dict() for rejected in outcome.rejected]
-    return shown
-
-
 @router.post("/augment")
 async def augment(body: AugmentRequest, request: Request) -> dict:
     service = _service(request)
@@ -176,7 +164,7 @@ async def augment(body: AugmentRequest, request: Request) -> dict:
         "original": body.text,
         "augmented_texts": variants,
         "augmented": variants,
-        **_gated(result.outcomes[0], quality),
+        **result.outcomes[0].report(quality.return_rejected),
         **_served_by(result),
     }
 
@@ -190,7 +178,7 @@ async def augment_batch(body: AugmentBatchRequest, request: Request) -> dict:
         quality=quality, labels=body.labels, text_labels=body.text_labels))
     return {
         "results": [
-            {"original": original, "augmented_texts": outcome.texts, **_gated(outcome, quality)}
+            {"original": original, "augmented_texts": outcome.texts, **outcome.report(quality.return_rejected)}
             for original, outcome in zip(result.originals, result.outcomes)
         ],
         "augmented_texts": [text for variants in result.variants for text in variants],

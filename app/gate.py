@@ -178,6 +178,16 @@ class Outcome:
         self.dropped[reason] += 1
         self.rejected.append(Rejected(text, reason, similarity, label_probability))
 
+    def report(self, return_rejected: bool) -> dict:
+        """What an answer says of this text: each kept variant's figures, the dropped by reason, the text's
+        own label probability (label check), and with `return_rejected` the dropped texts and why."""
+        shown: dict = {"variants": [variant.as_dict() for variant in self.kept], "dropped": self.dropped_counts()}
+        if self.label_probability is not None:
+            shown["label_probability"] = _rounded(self.label_probability)
+        if return_rejected:
+            shown["rejected"] = [rejected.as_dict() for rejected in self.rejected]
+        return shown
+
     def dropped_counts(self) -> dict[str, int]:
         """Every reason, in the gate's order, with its count (0 where none was dropped for it)."""
         return {reason: self.dropped[reason] for reason in REASONS}

@@ -64,12 +64,7 @@ async def augment_report(service: Service, text: str, num_return_sequences: int 
     params, gated = _split(locals())
     result = await _augmented(service, _checked_string(text, "text"), "text", _one_label(label), params, gated)
     outcome = result.outcomes[0]
-    report = {"augmented_texts": outcome.texts, "variants": [kept.as_dict() for kept in outcome.kept],
-              "dropped": outcome.dropped_counts(), "engine": result.engine}
-    if outcome.label_probability is not None:
-        report["label_probability"] = round(outcome.label_probability, 4)
-    if return_rejected:
-        report["rejected"] = [rejected.as_dict() for rejected in outcome.rejected]
+    report = {"augmented_texts": outcome.texts, **outcome.report(return_rejected), "engine": result.engine}
     return report
 
 
