@@ -3,7 +3,8 @@ cannot state (the schema says them in words), applied to generated bodies that a
 a body the schema allows is one the server must accept.
 
 - the text's `label` is one of `labels`; `text_labels` has one item per text, each one of `labels` or null;
-- min_similarity <= max_similarity and min_length_ratio <= max_length_ratio.
+- min_similarity <= max_similarity and min_length_ratio <= max_length_ratio, where a bound left out (or null)
+  is the server's default: `max_similarity: 0.25` alone conflicts with the default `min_similarity` 0.4.
 
 A body whose own fields are already invalid is left as it is, so negative cases stay negative.
 """
@@ -17,7 +18,10 @@ import schemathesis
 from app.checks import LABEL_SEPARATORS, label_pattern
 from app.settings import Settings
 
-LABEL = re.compile(label_pattern(Settings().max_label_chars))
+SETTINGS = Settings()
+LABEL = re.compile(label_pattern(SETTINGS.max_label_chars))
+DEFAULTS = {name: getattr(SETTINGS, name) for name in
+            ("min_similarity", "max_similarity", "min_length_ratio", "max_length_ratio")}
 
 
 def _first_label(labels: object) -> str | None:
@@ -28,9 +32,17 @@ def _first_label(labels: object) -> str | None:
     return None
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _ordered(body: dict, low: str, high: str) -> None:
-    a, b = body.get(low), body.get(high)
-    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)) and a > b:
+    """Order a pair as the server reads it: an absent or null bound is the server's default (Settings())."""
+    sent = {name: body.get(name) for name in (low, high)}
+    if not all(v is None or _number(v) for v in sent.values()):
+        return
+    a, b = (DEFAULTS[name] if sent[name] is None else sent[name] for name in (low, high))
+    if a > b:
         body[low], body[high] = b, a
 
 

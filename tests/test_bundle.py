@@ -274,6 +274,9 @@ def test_air_gapped_run_serves_api_and_page_then_stops_cleanly(bundle, tools, tm
     assert augment["status"] == 200, augment
     variants = augment["body"]["augmented_texts"]
     assert 1 <= len(variants) <= 2 and all(isinstance(v, str) and v.strip() for v in variants)
+    # The bundle's app has the quality gate (asked off here: the tiny model's variants are noise).
+    assert {"duplicate", "too_far", "label_changed"} <= set(augment["body"]["dropped"])
+    assert [v["text"] for v in augment["body"]["variants"]] == variants
 
     page = report["page"]
     assert page["html_loads"] and page["css_refs"]  # the page does load scripts, styles and fonts
