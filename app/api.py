@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, PlainValidator, StrictBool, StrictFloat, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
+from app import api_jobs
 from app.api_errors import UTF8JSONResponse, install_error_handling
 from app.errors import MethodNotAllowed, RequestCancelled
 from app.gate import GATE_FIELDS, GateParams
@@ -26,6 +27,8 @@ from app.settings import Settings
 T = TypeVar("T")
 # Methods a route does not serve are answered 405 with an Allow header, not the page's 404.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
+# Room for a multipart upload's form fields and boundaries on top of its file.
+UPLOAD_FORM_BYTES = 1 << 20
 
 
 def _number(value: object) -> int | float:
@@ -256,17 +259,23 @@ def install_index(app: FastAPI) -> None:
     app.add_api_route("/", show_index, methods=["GET"], include_in_schema=False)
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the routes, the error handling and the request middleware to `app`."""
+def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = ()) -> None:
+    """Add the routes (the file jobs' among them), the error handling and the request middleware to `app`;
+    `page_uploads`: the page's upload routes, which take a job's file too."""
     app.include_router(router)
+    app.include_router(api_jobs.router)
     # The page is mounted at "/", which would answer a wrong method on an API path with its 404.
-    for route in router.routes:
-        allowed = sorted(route.methods)
+    methods: dict[str, set[str]] = {}
+    for route in (*router.routes, *api_jobs.router.routes):
+        methods.setdefault(route.path, set()).update(route.methods)
+    for path, served in methods.items():
+        allowed = sorted(served)
 
         async def method_not_allowed(request: Request, allowed=allowed) -> None:
             raise MethodNotAllowed(f"{request.url.path} 不支持 {request.method} 方法（可用：{', '.join(allowed)}）",
                                    allow=allowed)
 
-        app.add_api_route(route.path, method_not_allowed, methods=sorted(HTTP_METHODS - route.methods),
-                          include_in_schema=False)
-    install_error_handling(app, settings.max_body_bytes)
+        app.add_api_route(path, method_not_allowed, methods=sorted(HTTP_METHODS - served), include_in_schema=False)
+    # A file may be as large as --max-file-bytes, plus its form fields; every other body is JSON.
+    upload_limit = settings.max_file_bytes + UPLOAD_FORM_BYTES
+    install_error_handling(app, settings.max_body_bytes, uploads=dict.fromkeys(("/jobs", *page_uploads), upload_limit))

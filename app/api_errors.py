@@ -19,7 +19,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import BodyTooLarge, DppError, InvalidParameter, MalformedJSON, NotFound, RequestCancelled
+from app.errors import (
+    BodyTooLarge,
+    DppError,
+    InvalidParameter,
+    MalformedForm,
+    MalformedJSON,
+    NotFound,
+    RequestCancelled,
+)
 from app.logs import request_id
 
 log = logging.getLogger(__name__)
@@ -29,6 +37,7 @@ _ECHO_CHARS = 80  # how much of a wrong value an error message repeats
 _TYPE_WORDS = {
     "string_type": "字符串", "int_type": "整数", "float_type": "数字", "list_type": "列表",
     "bool_type": "布尔值", "model_attributes_type": "JSON 对象", "dict_type": "JSON 对象",
+    "int_parsing": "整数", "float_parsing": "数字", "bool_parsing": "布尔值",
 }
 INTERNAL_MESSAGE = "服务器内部错误，请查看日志（按 request_id 检索）"
 
@@ -105,6 +114,8 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> UTF8J
     if exc.status_code == 404:
         return error_response(NotFound(f"没有 {request.url.path} 这个接口"))
     if exc.status_code == 400:
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            return error_response(MalformedForm("请求体不是有效的 multipart/form-data"))
         return error_response(MalformedJSON("请求体无法解析为 JSON"))
     error = DppError(str(exc.detail))
     error.status, error.code = exc.status_code, "http_error"
@@ -115,9 +126,10 @@ class RequestContext:
     """ASGI middleware: a request id for every log line and response, the arrival time (timeouts
     count from it), the body size limit, and a generic 500 for anything unexpected."""
 
-    def __init__(self, app, max_body_bytes: int) -> None:
+    def __init__(self, app, max_body_bytes: int, uploads: dict[str, int]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.uploads = uploads  # path -> its own body limit (file uploads)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -137,12 +149,13 @@ class RequestContext:
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
+        limit = self.uploads.get(scope.get("path"), self.max_body_bytes)
         try:
             declared = headers.get(b"content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
-                await error_response(self._too_large())(scope, receive, tagged_send)
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await error_response(_too_large(limit))(scope, receive, tagged_send)
                 return
-            await self.app(scope, self._limited(receive), tagged_send)
+            await self.app(scope, _limited(receive, limit), tagged_send)
         except Exception:
             # Answered here rather than by an app-level handler: Starlette runs that one outside this
             # middleware, where the request id (in the log line, the answer and its header) is gone.
@@ -153,27 +166,30 @@ class RequestContext:
         finally:
             request_id.reset(token)
 
-    def _too_large(self) -> BodyTooLarge:
-        return BodyTooLarge(f"请求体超过上限 {self.max_body_bytes} 字节")
 
-    def _limited(self, receive):
-        received = 0
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise self._too_large()
-            return message
-
-        return limited_receive
+def _too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"请求体超过上限 {limit} 字节")
 
 
-def install_error_handling(app: FastAPI, max_body_bytes: int) -> None:
-    """Every error `app` can meet answered in the one format, under the request middleware."""
+def _limited(receive, limit: int):
+    received = 0
+
+    async def limited_receive():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise _too_large(limit)
+        return message
+
+    return limited_receive
+
+
+def install_error_handling(app: FastAPI, max_body_bytes: int, uploads: dict[str, int] | None = None) -> None:
+    """Every error `app` can meet answered in the one format, under the request middleware (`uploads`: paths
+    that take a larger body, with their limit)."""
     app.add_exception_handler(DppError, _on_dpp_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
+    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes, uploads=uploads or {})

@@ -54,6 +54,10 @@ class MalformedJSON(DppError):
     status, code = 400, "malformed_json"
 
 
+class MalformedForm(DppError):
+    status, code = 400, "malformed_form"
+
+
 class BodyTooLarge(DppError):
     status, code = 413, "body_too_large"
 

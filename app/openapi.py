@@ -12,7 +12,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.checks import SPACE, label_pattern, labels_string_pattern
-from app.gate import REASONS
+from app.gate import GATE_FIELDS, REASONS
+from app.jobs.export import MEDIA_TYPES, OUTPUT_FORMATS
+from app.jobs.spec import KINDS, LABEL_CHECKS, STATES
 from app.params import (
     MAX_LENGTH_RANGE,
     NUM_RETURN_SEQUENCES_RANGE,
@@ -183,6 +185,36 @@ class _Schemas:
                                      **_generation_fields(engines)}, required=["task", *fields]))
         return {"oneOf": variants, "description": f"one of GET /tasks, with its own fields; {self.budget()}"}
 
+    def job_form(self) -> dict:
+        """POST /jobs: the file and the options as form fields. An empty field is the same as none, so a field's
+        schema states only what the server refuses whatever the rest of the form says; what depends on the file
+        or on other fields (text_col must be one of the file's columns, classify needs labels, the work budget)
+        is in the descriptions, and answered 422 naming the field."""
+        settings = self.settings
+        gate = self.augment(True)["properties"]
+        fields = {
+            "file": {"type": "string", "format": "binary",
+                     "description": f"CSV or TSV (UTF-8, UTF-8 with BOM, GBK/GB18030), XLSX or JSONL; at most "
+                                    f"{settings.max_file_bytes} bytes (--max-file-bytes) and {settings.max_file_rows} "
+                                    "data rows (--max-file-rows)"},
+            "kind": {"enum": list(KINDS), "description": "augment (default) or classify"},
+            "text_col": {"type": "string", "description": "the column holding each row's text (required)"},
+            "label_col": {"type": "string", "description": "the column holding each row's label"},
+            "labels": {"type": "string", "description": "labels separated by , ， or 、: classify's candidates "
+                                                        "(required there); augment: the label check's set"},
+            "label_check": {"enum": list(LABEL_CHECKS), "description": "augment with label_col: auto (default: "
+                                                                      "when an mT5 engine is loaded), on or off"},
+            "multi_label": {"type": "boolean", "description": "classify: every label at or above threshold"},
+            "threshold": {"type": "number", "minimum": 0, "maximum": 1, "description": "classify with multi_label"},
+            "include_original": {"type": "boolean", "description": "augment: each row itself as variant 0 "
+                                                                   "(default true)"},
+            "sheet": {"type": "string", "description": "XLSX: the sheet to read (default the first)"},
+            **{name: _not_null(schema) for name, schema in _generation_fields(self.service.engine_names()).items()},
+            **{name: _not_null(gate[name]) for name in GATE_FIELDS},
+        }
+        return {"type": "object", "properties": fields, "required": ["file", "text_col"],
+                "additionalProperties": False, "description": self.budget() + " (per row)"}
+
 
 _PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
 _DROPPED = _answer({reason: {"type": "integer", "minimum": 0} for reason in REASONS})
@@ -220,6 +252,35 @@ ANSWERS = {
                         "queue": _answer({"running": {"type": "integer"}, "waiting": {"type": "integer"},
                                           "max_queue": {"type": "integer"}})}),
 }
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+JOB = _answer({
+    "id": _STRING, "kind": {"enum": list(KINDS)}, "state": {"enum": list(STATES)}, "filename": _STRING,
+    "rows_done": _COUNT, "rows_total": _COUNT, "rows_per_second": _NULLABLE_NUMBER, "eta_seconds": _NULLABLE_NUMBER,
+    "counts": {"type": "object", "description": "augment: variants, rows_short, rows_skipped, dropped (by reason); "
+                                                "classify: labels (rows per label), rows_skipped"},
+    "notes": _STRINGS, "error": _NULLABLE_STRING, "created_at": _STRING, "started_at": _NULLABLE_STRING,
+    "finished_at": _NULLABLE_STRING, "options": {"type": "object"}, "columns": _STRINGS, "result_columns": _STRINGS})
+JOB_ANSWERS = {
+    ("/jobs", "post"): ("202", JOB, "the job, queued (Location: /jobs/{id})"),
+    ("/jobs", "get"): ("200", _answer({"jobs": {"type": "array", "items": JOB}}), "every job, newest first"),
+    ("/jobs/{job_id}", "get"): ("200", JOB, "the job"),
+    ("/jobs/{job_id}/cancel", "post"): ("200", JOB, "the job, cancelled (a finished one as it was)"),
+    ("/jobs/{job_id}", "delete"): ("200", _answer({"id": _STRING, "deleted": {"const": True}}), "deleted"),
+    ("/jobs/{job_id}/report", "get"): ("200", _answer({
+        "id": _STRING, "kind": {"enum": list(KINDS)}, "state": {"enum": list(STATES)}, "rows_done": _COUNT,
+        "rows_total": _COUNT, "rows_short": {"type": "array", "items": {"type": "object"}},
+        "rows_skipped": {"type": "array", "items": {"type": "object"}}, "notes": _STRINGS}), "the report"),
+}
+JOB_ERRORS = {
+    400: "malformed_form: the body is not multipart/form-data",
+    404: "not_found: no job has this id",
+    413: "body_too_large: the file is over --max-file-bytes",
+    422: "the file or a field is invalid: file_invalid, invalid_parameter, labels_invalid, text_too_long, "
+         "work_too_large, engine_unavailable (field names which)",
+    500: ERROR_CODES[500],
+    503: "needs_mt5: classify or the label check asked of the lexical engine alone",
+}
 NOT_READY = _answer({"status": {"enum": ["loading", "unavailable", "draining"]}, "reason": _NULLABLE_STRING})
 
 
@@ -228,8 +289,41 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict:
             "content": {"application/json": {"schema": schema}}}
 
 
-def _error(status: int) -> dict:
-    return _json(ERROR_BODY, ERROR_CODES[status], RETRY_AFTER_HEADER if status == 503 else None)
+def _error(status: int, codes: dict[int, str] = ERROR_CODES) -> dict:
+    return _json(ERROR_BODY, codes[status], RETRY_AFTER_HEADER if status == 503 else None)
+
+
+def _not_null(schema: dict) -> dict:
+    """A nullable field's schema without null: a form field is a string, sent or not."""
+    kind = schema.get("type")
+    schema = {**schema, "type": [t for t in kind if t != "null"][0]} if isinstance(kind, list) else dict(schema)
+    if "enum" in schema:
+        schema["enum"] = [value for value in schema["enum"] if value is not None]
+    return schema
+
+
+def _declare_job_route(path: str, method: str, operation: dict, form: dict) -> None:
+    if path == "/jobs" and method == "post":
+        operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": form}}}
+        errors = (400, 413, 422, 500, 503)
+    elif path == "/jobs":
+        errors = (500,)
+    else:
+        errors = (404, 422, 500) if path.endswith("/result") else (404, 500)
+    if path.endswith("/result"):
+        for parameter in operation["parameters"]:
+            if parameter["name"] == "format":
+                parameter["schema"] = {"enum": list(OUTPUT_FORMATS), "default": "csv"}
+        status = "200"
+        answer = {"description": "the output, streamed: the rows done so far while the job runs (X-Job-State)",
+                  "headers": {**REQUEST_ID_HEADER, "X-Job-State": {"required": True,
+                                                                   "schema": {"enum": list(STATES)}}},
+                  "content": {MEDIA_TYPES[format].split(";")[0]: {"schema": {"type": "string"}}
+                              for format in OUTPUT_FORMATS}}
+    else:
+        status, schema, description = JOB_ANSWERS[(path, method)]
+        answer = _json(schema, description)
+    operation["responses"] = {status: answer, **{str(code): _error(code, JOB_ERRORS) for code in errors}}
 
 
 def _declare(schema: dict, settings: Settings, service: Service) -> None:
@@ -237,8 +331,12 @@ def _declare(schema: dict, settings: Settings, service: Service) -> None:
     requests = {"/augment": bodies.augment(True), "/augment_batch": bodies.augment(False),
                 "/classify": bodies.classify(True), "/classify_batch": bodies.classify(False),
                 "/generate": bodies.generate()}
+    form = bodies.job_form()
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
+            if path.startswith("/jobs"):
+                _declare_job_route(path, method, operation, form)
+                continue
             responses = {"200": _json(ANSWERS[path], "the answer")}
             if path in requests:
                 operation["requestBody"] = {"required": True,

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from app import api
 from app.api_errors import UTF8JSONResponse
 from app.engines import engines_to_load, load_engine
+from app.jobs.manager import Jobs
 from app.openapi import install_openapi
 from app.service import Service
 from app.settings import Settings
@@ -25,40 +26,58 @@ log = logging.getLogger(__name__)
 
 # After the drain, what is left open is idle keep-alive connections and the page's event streams.
 CLOSE_CONNECTIONS_S = 2
+# Where Gradio, mounted at "/", takes uploads (the page's files, gradio_client's handle_file): a job's file goes
+# there first, so that path takes a body as large as POST /jobs does.
+PAGE_UPLOAD_PATH = "/gradio_api/upload"
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Build one app; the model loads in a thread so /healthz and the page answer meanwhile."""
     service = Service(settings, load_templates(settings.templates_file))
+    jobs = Jobs(service, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loaders = {name: functools.partial(load_engine, settings, name) for name in engines_to_load(settings)}
         loader = threading.Thread(target=service.load, args=(loaders,), name="dpp-engine-load", daemon=True)
         loader.start()
+        # File jobs run on this loop, in chunks through the service; unfinished ones resume once the model is ready.
+        jobs.attach(asyncio.get_running_loop())
+        runner = asyncio.create_task(jobs.runner.run_forever(settings.job_retention_days * 86400))
         yield
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
 
     app = FastAPI(title="dpp", default_response_class=UTF8JSONResponse, lifespan=lifespan,
                   docs_url=None, redoc_url=None)
     app.state.service = service
-    api.install(app, settings)
+    app.state.jobs = jobs
+    api.install(app, settings, page_uploads=() if settings.no_ui else (PAGE_UPLOAD_PATH,))
     install_openapi(app, settings, service)
     if settings.no_ui:
         api.install_index(app)
         return app
-    return _with_page(app, service)
+    return _with_page(app, service, jobs)
 
 
-def _with_page(app: FastAPI, service: Service) -> FastAPI:
+def _with_page(app: FastAPI, service: Service, jobs: Jobs) -> FastAPI:
     """Mount the page and the Gradio API at "/"."""
     # Imported here: gradio costs seconds and memory at start, which a REST-only server (--no-ui) never pays.
     import gradio as gr
 
     from app import ui
 
+    page = ui.build(service, jobs)
     # show_error off: an unexpected failure outside our handlers shows Gradio's generic message, not its text.
-    return gr.mount_gradio_app(app, ui.build(service), path="/", footer_links=["api"], css=ui.CSS,
-                               show_error=False)
+    # max_file_size: the page's and gradio_client's uploads (a job's file) take what POST /jobs takes.
+    mounted = gr.mount_gradio_app(app, page, path="/", footer_links=["api"], css=ui.CSS, show_error=False,
+                                  max_file_size=service.settings.max_file_bytes)
+    # Gradio checks that a file a client names was uploaded (not any file on the server) only once its Blocks
+    # "has launched", which launch() sets and mount_gradio_app does not: without this, a client could name
+    # /etc/passwd as a job's file, and Gradio would copy it into its upload cache for the handler.
+    page.has_launched = True
+    return mounted
 
 
 class DrainingServer(uvicorn.Server):

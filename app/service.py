@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 from app import classify as zero_shot
 from app import gate
+from app.answers import AugmentResult, ClassifyResult, LabelCheck, Readiness, TaskResult, without_paths
 from app.batcher import Batcher, Ticket
 from app.checks import InputChecks
 from app.drain import InFlight
@@ -29,65 +28,10 @@ from app.tasks import Task, Templates
 
 log = logging.getLogger(__name__)
 
-# An absolute path in a message, cut to its last part where anyone may read it (the page, /readyz).
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/'\"：，。；（）()]+/)*([^\s/'\"：，。；（）()]*)")
-
-
-def without_paths(text: str) -> str:
-    """`text` with every absolute path cut to its last part: the server's layout is the operator's."""
-    return _ABSOLUTE_PATH.sub(lambda match: match[1] or "/", text)
-
-
-@dataclass(frozen=True)
-class Readiness:
-    ready: bool
-    status: str  # "ready", "loading", "unavailable" or "draining"
-    reason: str | None = None
-    info: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class AugmentResult:
-    originals: list[str]
-    outcomes: list[gate.Outcome]  # per text: the variants kept (with their figures) and those dropped
-    engine: str
-    elapsed_ms: float
-
-    @property
-    def variants(self) -> list[list[str]]:
-        return [outcome.texts for outcome in self.outcomes]
-
-    def dropped(self) -> dict[str, int]:
-        """Variants the gate dropped over all texts, by reason."""
-        return {reason: sum(outcome.dropped[reason] for outcome in self.outcomes) for reason in gate.REASONS}
-
-
-@dataclass(frozen=True)
-class LabelCheck:
-    """The gate's label check of one request: each text's label (None: not checked) among `labels`."""
-
-    labels: list[str]
-    of_text: list[str | None]
-    scorer: Engine
-
-
-@dataclass(frozen=True)
-class ClassifyResult:
-    texts: list[str]
-    labels: list[str]
-    items: list[zero_shot.Classification]
-    engine: str
-    elapsed_ms: float
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    task: str
-    prompt: str
-    outputs: list[str]
-    scores: dict[str, float] | None  # scored tasks only
-    engine: str
-    elapsed_ms: float
+# Scoring one (prompt, label) pair is one encoder pass and a label's few decoder steps: on CPU about a third of
+# what generating one prompt's 3 variants of 32 tokens costs (bench.jobs), a tenth at the default 128 tokens. A
+# scoring call takes this many pairs per batch slot, so that it costs no more than a call of generation.
+SCORED_PAIRS_PER_PROMPT = 3
 
 
 def _follows_prompts(engine: Engine) -> bool:
@@ -97,6 +41,20 @@ def _follows_prompts(engine: Engine) -> bool:
 
 def _clean(text: str) -> str:
     return " ".join(text.split())
+
+
+def _by_pairs(items: list[tuple[str, list[str]]], most: int) -> Iterator[list[tuple[str, list[str]]]]:
+    """`items` in order, cut into runs of at most `most` (prompt, label) pairs each (at least one item a run)."""
+    run: list[tuple[str, list[str]]] = []
+    pairs = 0
+    for item in items:
+        if run and pairs + len(item[1]) > most:
+            yield run
+            run, pairs = [], 0
+        run.append(item)
+        pairs += len(item[1])
+    if run:
+        yield run
 
 
 class Service:
@@ -424,12 +382,11 @@ class Service:
     async def _scores(self, engine: Engine, items: list[tuple[str, list[str]]],
                       ticket: Ticket) -> list[dict[str, float]]:
         """Per (prompt, labels) item, the labels' probabilities: a softmax over their log-probabilities.
-        Engine calls take up to the batch size's prompts each, so that other requests get turns."""
-        size = self._batch_size(engine)
+        An engine call scores up to SCORED_PAIRS_PER_PROMPT × the batch size (prompt, label) pairs (an item with
+        more labels goes alone), so that other requests get turns however many labels each text has."""
         batcher = self._batchers[engine.name]
         probabilities = []
-        for start in range(0, len(items), size):
-            chunk = items[start:start + size]
+        for chunk in _by_pairs(items, SCORED_PAIRS_PER_PROMPT * self._batch_size(engine)):
             logprobs = await batcher.call(lambda e, chunk=chunk: e.score_batch(chunk), ticket)
             expected, got = sum(len(labels) for _, labels in chunk), sum(map(len, logprobs))
             if len(logprobs) != len(chunk) or got != expected:

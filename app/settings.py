@@ -82,6 +82,12 @@ class Settings:
     drain_seconds: float = _opt(25.0, "on SIGTERM: readiness turns 503, new work gets 503, and work in flight "
                                       "has this long to finish before the process exits 0")
     no_ui: bool = _opt(False, "serve the REST API only: no page, no Gradio API, gradio is not imported")
+    data_dir: Path = _opt(ROOT / "data", "where file jobs live (SQLite, created on first use)")
+    job_retention_days: float = _opt(7.0, "finished, failed and cancelled file jobs are deleted after this many days")
+    max_file_bytes: int = _opt(100 * 1_048_576, "largest file a job accepts, in bytes")
+    max_file_rows: int = _opt(100_000, "most data rows in a job's file")
+    job_chunk_rows: int = _opt(50, "rows a file job sends to the model at a time; a job resumes from its last "
+                                   "finished chunk")
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -97,7 +103,8 @@ class Settings:
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for name in ("max_text_chars", "max_batch_texts", "max_label_chars", "max_body_bytes",
-                     "max_input_tokens", "max_queue", "max_request_tokens"):
+                     "max_input_tokens", "max_queue", "max_request_tokens", "max_file_bytes", "max_file_rows",
+                     "job_chunk_rows"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_batch_size < 0:
@@ -112,6 +119,8 @@ class Settings:
             raise SettingsError(f"batch_wait_ms must be 0-1000, got {self.batch_wait_ms}")
         if self.request_timeout_s <= 0:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
+        if self.job_retention_days <= 0:
+            raise SettingsError(f"job_retention_days must be positive, got {self.job_retention_days}")
         if self.drain_seconds < 0:
             raise SettingsError(f"drain_seconds must be 0 or more, got {self.drain_seconds}")
 

@@ -107,8 +107,10 @@ def start_server(tmp_path: Path, *flags: str, wait_ready: bool = True, program: 
     port; wait for /readyz (or just /healthz)."""
     port = free_port()
     log_dir = tmp_path / f"logs-{port}"
+    # File jobs live in their own directory per server unless a test names one (to restart on the same jobs).
+    own_data = () if "--data-dir" in flags else ("--data-dir", str(tmp_path / f"data-{port}"))
     command = [sys.executable, *(program or (str(ROOT / "webui.py"),)), "--host", "127.0.0.1", "--port", str(port),
-               "--log-dir", str(log_dir), *flags]
+               "--log-dir", str(log_dir), *own_data, *flags]
     output = open(tmp_path / f"server-{port}.out", "wb")
     process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=server_env(**env), cwd=ROOT)
     server = LiveServer(f"http://127.0.0.1:{port}", port, log_dir, process)

@@ -118,8 +118,13 @@ def test_a_batch_and_multi_label_share_engine_calls(tiny_engine):
     run(service.classify([TEXT, "太贵了"], LABELS, multi_label=True))
     assert counting.calls == [3, 2 * len(LABELS)]
     counting.calls.clear()
+    # At most 3 × max_batch_size (prompt, label) pairs a call, so that others get turns: 8 items of 2 pairs.
     run(make_service(counting, max_batch_size=5).classify([TEXT, "太贵了"], LABELS, multi_label=True))
-    assert counting.calls == [5, 3]  # at most max_batch_size prompts a call, so that others get turns
+    assert counting.calls == [7, 1]
+    counting.calls.clear()
+    many = [f"标签{i}" for i in range(20)]  # one text with more labels than a call holds goes alone
+    run(make_service(counting, max_batch_size=5).classify([TEXT, "太贵了"], many))
+    assert counting.calls == [1, 1]
 
 
 def test_a_batch_is_classified_in_input_order(service):

@@ -12,7 +12,8 @@ def client(live_server):
 
 def test_only_the_public_endpoints_are_listed(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/augment", "/augment_report", "/augment_batch", "/classify"}
+    assert set(endpoints) == {"/augment", "/augment_report", "/augment_batch", "/classify", "/job_submit",
+                              "/job_status", "/job_result"}
     names = [p["parameter_name"] for p in endpoints["/augment"]["parameters"]]
     assert names == ["text", "num_return_sequences", "max_length", "temperature", "top_k", "top_p",
                      "seed", "engine", "quality", "min_similarity", "max_similarity", "min_length_ratio",

@@ -1,4 +1,4 @@
-"""Dependencies point down: webui -> server -> (api, ui) -> service -> engines."""
+"""Dependencies point down: webui -> server -> (api, ui) -> jobs -> service -> engines."""
 
 import ast
 from pathlib import Path
@@ -8,7 +8,10 @@ from app import service
 
 APP = Path(__file__).resolve().parent.parent / "app"
 # The surfaces: the REST routes and their schema, the page and the Gradio API.
-SURFACES = [APP / "api.py", APP / "api_errors.py", APP / "openapi.py", *sorted((APP / "ui").glob("*.py"))]
+SURFACES = [APP / "api.py", APP / "api_errors.py", APP / "api_jobs.py", APP / "openapi.py",
+            *sorted((APP / "ui").glob("*.py"))]
+# File jobs: shared by every surface, so they know none; only the CLI, an entry point like server.py, loads engines.
+JOBS = sorted(path for path in (APP / "jobs").glob("*.py") if path.name not in ("cli.py", "__main__.py"))
 
 
 def _imports(path: Path) -> set[str]:
@@ -24,6 +27,13 @@ def _imports(path: Path) -> set[str]:
 def test_ui_and_api_never_import_engines_nor_the_batcher():
     for path in SURFACES:
         assert not any(name.startswith(("app.engines", "app.batcher")) for name in _imports(path)), path
+
+
+def test_jobs_reach_the_model_only_through_the_service_and_know_no_surface():
+    for path in JOBS:
+        imports = _imports(path)
+        assert not any(name.startswith(("app.engines", "app.batcher", "app.api", "app.ui")) for name in imports), path
+        assert not {"fastapi", "gradio", "starlette"} & {name.split(".")[0] for name in imports}, path
 
 
 def test_engines_know_nothing_of_http_or_the_page():

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from app.answers import without_paths
 from app.engines.hf import HFEngine
 from app.errors import (
     BatchTooLarge,
@@ -20,7 +21,7 @@ from app.errors import (
     WorkTooLarge,
 )
 from app.params import GenerationParams
-from app.service import Service, without_paths
+from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
 from tests.conftest import run

@@ -7,6 +7,7 @@ import pytest
 
 from app import ui
 from app.errors import InvalidParameter, ModelUnavailable, TextEmpty
+from app.jobs.manager import Jobs
 from app.service import Service
 from app.settings import Settings
 from app.tasks import load_templates
@@ -20,18 +21,23 @@ def _service(**overrides) -> Service:
     return Service(settings, load_templates(settings.templates_file))
 
 
-def test_gradio_starts_every_event_at_once_and_its_queue_is_bounded():
+def _page(service: Service, tmp_path):
+    return ui.build(service, Jobs(service, Settings(data_dir=tmp_path / "data")))
+
+
+def test_gradio_starts_every_event_at_once_and_its_queue_is_bounded(tmp_path):
     """Page and Gradio API requests wait in the service's queue, where they are counted, not in Gradio's."""
-    demo = ui.build(_service(max_queue=12))
+    demo = _page(_service(max_queue=12), tmp_path)
     assert demo._queue.default_concurrency_limit is None
     assert all(fn.concurrency_limit == "default" for fn in demo.fns.values())
     assert demo._queue.max_size == demo._queue.max_thread_count == 4 * 12
 
 
-def test_only_the_four_api_endpoints_are_public():
-    demo = ui.build(_service())
+def test_only_the_api_endpoints_are_public(tmp_path):
+    demo = _page(_service(), tmp_path)
     public = sorted(fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public")
-    assert public == ["augment", "augment_batch", "augment_report", "classify"]
+    assert public == ["augment", "augment_batch", "augment_report", "classify", "job_result", "job_status",
+                      "job_submit"]
 
 
 def test_slider_floats_become_integers_and_an_empty_seed_means_random():

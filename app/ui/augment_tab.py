@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import gradio as gr
@@ -24,11 +22,10 @@ from app.ui.controls import (
     ui_quality,
 )
 from app.ui.events import SessionWork, event
+from app.ui.files import download_path
 
 MAX_VARIANTS = NUM_RETURN_SEQUENCES_RANGE[1]
 CSV_HEADERS = ["原文", "标签", "增强结果", "相似度", "说明"]
-DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "dpp-downloads"
-DOWNLOAD_MAX_AGE_S = 3600
 SINGLE_LABEL_HELP = "填写候选标签和原文的标签后，只保留仍属于该标签的结果（用 mT5 分类判断）"
 BATCH_LABEL_HELP = "填写后，每行写成「文本<Tab>标签」，只保留仍属于该行标签的结果（用 mT5 分类判断）"
 
@@ -116,12 +113,7 @@ def labelled_lines(text: str | None) -> tuple[list[str], list[str | None]]:
 
 def write_csv(rows: list[list[str]]) -> Path:
     """Write the table as UTF-8 CSV with a BOM, so Excel opens the Chinese correctly."""
-    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - DOWNLOAD_MAX_AGE_S
-    for old in DOWNLOAD_DIR.glob("dpp-batch-*.csv"):
-        if old.stat().st_mtime < cutoff:
-            old.unlink(missing_ok=True)
-    path = DOWNLOAD_DIR / f"dpp-batch-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.csv"
+    path = download_path(f"dpp-batch-{time.strftime('%Y%m%d-%H%M%S')}.csv")
     with path.open("w", encoding="utf-8-sig", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_HEADERS)

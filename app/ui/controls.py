@@ -198,9 +198,9 @@ def banner(service: Service) -> str:
     return f"⚠️ **模型未就绪**：{readiness.reason}"
 
 
-async def engine_choices(service: Service):
-    """The page's engine selectors: loaded engines, the default first and selected."""
+async def engine_choices(service: Service, selectors: int):
+    """The banner, and the page's `selectors` engine selectors: loaded engines, the default first and selected."""
     names = service.engine_names()
     choices = [(ENGINE_LABELS.get(name, name), name) for name in names]
     selector = gr.Dropdown(choices=choices, value=names[0] if names else None)
-    return banner(service), selector, selector
+    return banner(service), *[selector] * selectors

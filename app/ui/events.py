@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Iterator
 import gradio as gr
 
 from app.errors import DppError
+from app.jobs.manager import Jobs
 from app.logs import request_id
 from app.service import Service
 
@@ -25,7 +26,9 @@ FIELD_LABELS = {"text": "输入文本", "passage": "段落", "answer": "答案"}
 PAGE_FIELDS = {**FIELD_LABELS, "num_return_sequences": "生成数量", "temperature": "温度", "max_length": "最大长度",
                "top_k": "Top-K", "top_p": "Top-P", "threshold": "多标签阈值", "label": "原文的标签",
                "labels": "候选标签", "min_similarity": "最低相似度", "max_similarity": "最高相似度",
-               "min_length_ratio": "最短长度比", "max_length_ratio": "最长长度比", "min_label_prob": "标签最低概率"}
+               "min_length_ratio": "最短长度比", "max_length_ratio": "最长长度比", "min_label_prob": "标签最低概率",
+               "seed": "随机种子", "engine": "引擎", "kind": "任务类型", "text_col": "文本列", "label_col": "标签列",
+               "label_check": "标签检查", "sheet": "工作表"}
 _BATCH_ITEM = re.compile(r"(texts|text_labels)\[(\d+)\]")
 ERROR_TITLE = "请求未完成"
 UNEXPECTED = "服务器内部错误，请稍后重试；如需排查，请把请求编号 {rid} 告诉管理员（日志里按编号检索）"
@@ -79,10 +82,11 @@ class SessionWork:
             log.info("a page was closed; %d of its requests were cancelled", len(tasks))
 
 
-def event(handler: Callable[..., Awaitable], service: Service, sessions: SessionWork,
+def event(handler: Callable[..., Awaitable], service: Service | Jobs, sessions: SessionWork,
           words: Callable[[DppError], str] = in_page_words, **bound) -> Callable[..., Awaitable]:
     """`handler(service, *inputs, **bound)` as a Gradio event, which Gradio calls with the gr.Request first
-    (it names the session whose tab may close) and then the inputs.
+    (it names the session whose tab may close) and then the inputs; `service` is what the handler works on
+    (the file jobs' handlers get the jobs).
 
     The signature and type hints are the handler's (gr.api derives the Gradio API's from them), less
     `service` and `bound`, with `request` first.
