@@ -101,8 +101,8 @@ def test_the_progress_says_the_state_pace_and_time_left_in_chinese():
             "rows_total": 100, "rows_per_second": 4.5, "eta_seconds": 133.0, "notes": ["说明一"], "error": None,
             "counts": {"variants": 80, "rows_short": 1, "rows_skipped": 2, "dropped": {"duplicate": 3}}}
     shown = progress_markdown(view)
-    for words in ("状态：**运行中**", "已完成 40 / 100 行", "4.5 行/秒", "剩余时间 约 2 分 13 秒", "生成 80 条变体",
-                  "过滤 3 条", "跳过 2 行", "说明：说明一", "只含已完成的行"):
+    for words in ("`████████░░░░░░░░░░░░` 40%", "状态：**运行中**", "已完成 40 / 100 行", "4.5 行/秒",
+                  "剩余时间 约 2 分 13 秒", "生成 80 条变体", "过滤 3 条", "跳过 2 行", "说明：说明一", "只含已完成的行"):
         assert words in shown, shown
     failed = progress_markdown({**view, "state": "failed", "error": "模型未就绪"})
     assert "状态：**失败**" in failed and "原因：模型未就绪" in failed and "行/秒" not in failed

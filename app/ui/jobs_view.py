@@ -10,6 +10,7 @@ from app.gate import dropped_words
 STATE_WORDS = {"queued": "排队中", "running": "运行中", "done": "已完成", "failed": "失败", "cancelled": "已取消"}
 KIND_WORDS = {"augment": "增强", "classify": "分类"}
 LIST_HEADERS = ["编号", "文件", "类型", "状态", "进度", "创建时间"]
+BAR_CELLS = 20
 NO_JOB = "还没有选择任务：上传文件、选好列后点击「开始」，或在「当前任务」里选一个已有的任务。"
 
 
@@ -25,6 +26,13 @@ def duration_words(seconds: float | None) -> str:
         return f"约 {minutes} 分 {seconds} 秒"
     hours, minutes = divmod(minutes, 60)
     return f"约 {hours} 小时 {minutes} 分"
+
+
+def progress_bar(done: int, total: int) -> str:
+    """`████████░░░░░░░░░░░░ 40%`: rows done of all, in BAR_CELLS cells."""
+    share = done / total if total else 1.0
+    filled = int(share * BAR_CELLS)
+    return f"`{'█' * filled}{'░' * (BAR_CELLS - filled)}` {int(share * 100)}%"
 
 
 def _counts_words(view: dict) -> str:
@@ -49,6 +57,7 @@ def progress_markdown(view: dict | None) -> str:
         return NO_JOB
     state = view["state"]
     lines = [f"**{view['filename']}** · {KIND_WORDS.get(view['kind'], view['kind'])} · 编号 `{view['id']}`",
+             progress_bar(view["rows_done"], view["rows_total"]),
              f"状态：**{STATE_WORDS.get(state, state)}** · 已完成 {view['rows_done']} / {view['rows_total']} 行"]
     if state == "running":
         rate = "计算中" if view.get("rows_per_second") is None else f"{view['rows_per_second']:g}"
