@@ -27,14 +27,17 @@ def test_the_ci_script_runs_the_readme_test_command():
     assert "./start_dpp.sh --setup-only --dev && .venv/bin/python -m pytest" in ci
 
 
-def test_python_examples_run_as_written(live_server):
+def test_python_examples_run_as_written(live_server, tmp_path):
     examples = [code for lang, code in BLOCKS if lang == "python"]
-    assert len(examples) == 2
+    assert len(examples) == 3
     for code in examples:
-        result = subprocess.run([sys.executable, "-c", _against(live_server, code)],
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run([sys.executable, "-c", _against(live_server, code)], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
-        assert "[" in result.stdout
+        if "/job_submit" in code:  # the job finished both rows, and its result was downloaded
+            assert "\ndone 2 {" in result.stdout and result.stdout.rstrip().endswith(".xlsx")
+        else:
+            assert "[" in result.stdout
 
 
 def test_curl_examples_run_as_written(live_server):
