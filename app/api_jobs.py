@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from starlette.background import BackgroundTask
 
 from app.api_errors import UTF8JSONResponse
-from app.errors import BodyTooLarge, InvalidParameter
-from app.jobs.export import MEDIA_TYPES, OUTPUT_FORMATS, csv_chunks, jsonl_chunks, result_filename, write_xlsx
+from app.errors import BodyTooLarge
+from app.jobs.export import MEDIA_TYPES, checked_format, csv_chunks, jsonl_chunks, result_filename, write_xlsx
 from app.jobs.manager import Jobs
 
 router = APIRouter()
@@ -120,8 +120,7 @@ async def delete_job(job_id: str, request: Request) -> dict:
 @router.get("/jobs/{job_id}/result")
 async def job_result(job_id: str, request: Request, format: Annotated[str, Query()] = "csv"):
     """The output so far (all of it once the job is done), streamed; X-Job-State says whether it is complete."""
-    if format not in OUTPUT_FORMATS:
-        raise InvalidParameter(f"format 只能是 {'、'.join(OUTPUT_FORMATS)}（收到 {format[:20]!r}）", field="format")
+    checked_format(format)
     job, columns, rows = await asyncio.to_thread(_jobs(request).output, job_id)
     headers = {"Content-Disposition": _attachment(job.filename, job.kind, job.id, format), "X-Job-State": job.state}
     if format == "xlsx":

@@ -28,6 +28,8 @@ from app.tasks import Task, Templates
 
 log = logging.getLogger(__name__)
 
+CLASSIFICATION = "零样本分类"  # what a classification asks of its engine, in its error
+
 # Scoring one (prompt, label) pair is one encoder pass and a label's few decoder steps: on CPU about a third of
 # what generating one prompt's 3 variants of 32 tokens costs (bench.jobs), a tenth at the default 128 tokens. A
 # scoring call takes this many pairs per batch slot, so that it costs no more than a call of generation.
@@ -157,6 +159,13 @@ class Service:
             raise EngineUnavailable(f"引擎 {requested} 未加载：{why}", field="engine")
         return self._engines[requested]
 
+    def check_engine(self, requested: str | None, needs_prompts: str | None = None) -> None:
+        """Raise now what a request for `requested` would meet: an unknown or unloaded engine (422), the engines
+        still loading (NotReady), or, when `needs_prompts` names what is asked, an engine that cannot do it."""
+        engine = self._ready_engine(requested)
+        if needs_prompts is not None:
+            self._require_prompts(engine, needs_prompts)
+
     @staticmethod
     def _require_prompts(engine: Engine, what: str) -> None:
         if not _follows_prompts(engine):
@@ -231,7 +240,7 @@ class Service:
         clean = self.checks.texts(texts, field_name)
         candidates = self.checks.labels(labels)
         chosen = self._ready_engine(engine)
-        self._require_prompts(chosen, "零样本分类")
+        self._require_prompts(chosen, CLASSIFICATION)
         prompts = [self._classification_prompt(candidates, text) for text in clean]
         with self._admitted(chosen, started) as ticket:
             if mode == "generate":

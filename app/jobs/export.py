@@ -9,6 +9,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from app.errors import InvalidParameter
+
 OUTPUT_FORMATS = ("csv", "xlsx", "jsonl")
 MEDIA_TYPES = {
     "csv": "text/csv; charset=utf-8",
@@ -22,6 +24,13 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 # Characters XML 1.0 cannot hold (openpyxl raises IllegalCharacterError on them).
 _ILLEGAL_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+
+def checked_format(format: object) -> str:
+    """`format` when it is one of OUTPUT_FORMATS; else a 422 naming the field."""
+    if format not in OUTPUT_FORMATS:
+        raise InvalidParameter(f"format 只能是 {'、'.join(OUTPUT_FORMATS)}（收到 {str(format)[:20]!r}）", field="format")
+    return format
 
 
 def result_filename(filename: str, kind: str, job_id: str, format: str) -> str:

@@ -13,14 +13,14 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.errors import DppError, EngineUnavailable, InvalidParameter, LabelsInvalid, NeedsMT5, NotFound, TextTooLong
+from app.errors import DppError, InvalidParameter, LabelsInvalid, NeedsMT5, NotFound, NotReady, TextTooLong
 from app.jobs import results
 from app.jobs.formats import FileInvalid, Table, open_table, require_column
 from app.jobs.runner import JobRunner, label_of, text_of
-from app.jobs.spec import AUGMENT_COLUMNS, CLASSIFY_COLUMNS, PROBABILITY_PREFIX, JobSpec, split_options
+from app.jobs.spec import AUGMENT_COLUMNS, CLASSIFY_COLUMNS, OPTION_FIELDS, PROBABILITY_PREFIX, JobSpec, split_options
 from app.jobs.store import Job, JobStore
-from app.service import Service
-from app.settings import ENGINES, Settings
+from app.service import CLASSIFICATION, Service
+from app.settings import Settings
 
 
 class Jobs:
@@ -70,8 +70,7 @@ class Jobs:
         for name in ("text_col", "kind"):
             if not rest.get(name):
                 raise InvalidParameter(f"缺少 {name}", field=name)
-        unknown = set(rest) - {"kind", "text_col", "label_col", "labels", "label_check", "multi_label", "threshold",
-                               "include_original", "engine", "sheet"}
+        unknown = set(rest) - OPTION_FIELDS
         if unknown:
             raise InvalidParameter(f"不认识的参数：{', '.join(sorted(unknown))}", field=sorted(unknown)[0])
         if rest.get("labels") is not None:
@@ -89,19 +88,13 @@ class Jobs:
         return JobSpec(**{**spec.as_dict(), "chunk_rows": rows})
 
     def _engine_ok(self, spec: JobSpec) -> None:
-        """Refuse now what can never run: an unknown engine; with the engines loaded, one not loaded, or a
-        classification without an engine that scores."""
-        if spec.engine is not None and spec.engine not in ENGINES:
-            raise EngineUnavailable(f"没有名为 {spec.engine!r} 的引擎；可选：{', '.join(ENGINES)}", field="engine")
-        if not self.service.readiness().ready:
+        """Refuse now what can never run, as a request would be: an unknown engine; once the engines are loaded,
+        one not loaded, an engine that cannot classify, or the label check turned on with none that scores."""
+        try:
+            self.service.check_engine(spec.engine, CLASSIFICATION if spec.kind == "classify" else None)
+        except NotReady:
             return  # still loading: the runner waits for it
-        loaded = self.service.engine_names()
-        if spec.engine is not None and spec.engine not in loaded:
-            raise EngineUnavailable(f"引擎 {spec.engine} 未加载；已加载：{', '.join(loaded)}", field="engine")
-        scoring = self.service.engine_names(scoring=True)
-        if spec.kind == "classify" and (not scoring or (spec.engine is not None and spec.engine not in scoring)):
-            raise NeedsMT5("分类任务需要 mT5 模型权重；当前引擎只能做同义词替换（见 README「安装模型权重」）")
-        if spec.kind == "augment" and spec.label_check == "on" and not scoring:
+        if spec.kind == "augment" and spec.label_check == "on" and not self.service.engine_names(scoring=True):
             raise NeedsMT5("标签检查要用 mT5 给每条结果分类；当前只有同义词替换引擎，请把 label_check 设为 off")
 
     @staticmethod

@@ -4,7 +4,7 @@ and stored with the job as JSON, so that a resumed job runs exactly as it was as
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from app.errors import InvalidParameter
 from app.gate import GATE_FIELDS, GateParams
@@ -68,6 +68,10 @@ class JobSpec:
     @classmethod
     def from_dict(cls, values: dict) -> "JobSpec":
         return cls(**values)
+
+
+# The job fields a submission names itself; the generation and gate fields go into `params` and `quality`.
+OPTION_FIELDS = frozenset(f.name for f in fields(JobSpec)) - {"params", "quality", "chunk_rows"}
 
 
 def split_options(options: dict) -> tuple[dict, dict, dict]:

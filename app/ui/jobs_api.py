@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.errors import InvalidParameter
-from app.jobs.export import OUTPUT_FORMATS, result_filename, write_result
+from app.jobs.export import checked_format, result_filename, write_result
 from app.jobs.manager import Jobs
 from app.ui.events import SessionWork, event, in_api_words
 from app.ui.files import download_path, uploaded
@@ -35,6 +35,12 @@ def _checked_options(values: dict) -> dict:
             raise InvalidParameter(f"{name} 应为{words}（收到 {repr(value)[:80]}）", field=name)
         options[name] = value
     return options
+
+
+def _job_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidParameter(f"job_id 应为字符串（收到 {repr(value)[:80]}）", field="job_id")
+    return value
 
 
 def _upload(file: object) -> tuple[Path, str]:
@@ -66,15 +72,12 @@ async def job_submit(jobs: Jobs, file: dict, text_col: str, kind: str = "augment
 async def job_status(jobs: Jobs, job_id: str) -> dict:
     """A job's state and progress: state (queued, running, done, failed, cancelled), rows_done, rows_total,
     rows_per_second, eta_seconds, counts, notes, error."""
-    if not isinstance(job_id, str):
-        raise InvalidParameter(f"job_id 应为字符串（收到 {repr(job_id)[:80]}）", field="job_id")
-    return jobs.view(await asyncio.to_thread(jobs.get, job_id))
+    return jobs.view(await asyncio.to_thread(jobs.get, _job_id(job_id)))
 
 
 def export_result(jobs: Jobs, job_id: str, format: str) -> tuple[Path, int]:
     """Write a job's output so far as a file of `format`; returns its path and its number of rows. Blocking."""
-    if format not in OUTPUT_FORMATS:
-        raise InvalidParameter(f"format 只能是 {'、'.join(OUTPUT_FORMATS)}（收到 {str(format)[:20]!r}）", field="format")
+    format = checked_format(format)
     job, columns, rows = jobs.output(job_id)
     path = download_path(result_filename(job.filename, job.kind, job.id, format))
     written = 0
@@ -92,9 +95,7 @@ def export_result(jobs: Jobs, job_id: str, format: str) -> tuple[Path, int]:
 async def job_result(jobs: Jobs, job_id: str, format: str = "csv") -> dict:
     """The job's output as a file (csv, xlsx or jsonl): every row once the job is done, the rows done so far
     before that."""
-    if not isinstance(job_id, str):
-        raise InvalidParameter(f"job_id 应为字符串（收到 {repr(job_id)[:80]}）", field="job_id")
-    path, _ = await asyncio.to_thread(export_result, jobs, job_id, format)
+    path, _ = await asyncio.to_thread(export_result, jobs, _job_id(job_id), format)
     return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
 
 
