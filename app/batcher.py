@@ -179,9 +179,11 @@ class Batcher:
     async def _take(self) -> list[_Job]:
         """Wait for work; return the job whose turn it is and the queued jobs that may join it."""
         while True:
+            self._forget_answered()
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                self._forget_answered()
             now = time.monotonic()
             first = min(self._queue, key=lambda job: job.turn(now))
             if first.key is first or not self._coalesce:  # runs alone: no reason to wait
@@ -206,6 +208,13 @@ class Batcher:
                 self._queue.remove(job)
             if batch:
                 return batch
+
+    def _forget_answered(self) -> None:
+        """Drop queued jobs whose future is already done. A cancelled request's future is cancelled at once, but
+        the request leaves the queue only when its task next runs: chosen meanwhile, it would be chosen again
+        and again without the loop ever getting to run that task."""
+        if any(job.future.done() for job in self._queue):
+            self._queue = collections.deque(job for job in self._queue if not job.future.done())
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

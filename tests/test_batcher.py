@@ -3,6 +3,7 @@
 import asyncio
 import json
 import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -160,6 +161,46 @@ def test_a_cancelled_request_leaves_the_queue_at_once_and_never_runs():
 
     assert run(scenario()).variants == [["接着来·0.8"]]
     assert all("要取消" not in prompt for prompts, _ in engine.calls for prompt in prompts)
+
+
+def test_a_request_cancelled_as_an_engine_call_ends_never_stalls_the_loop():
+    """The worker chooses the next call in the same loop turn that the running call's answer arrives. A request
+    cancelled just before that turn has its future cancelled at once but leaves the queue only when its own task
+    next runs, which is after the worker's. The worker must pass over it: choosing it, it once found nothing to
+    run and chose it again, for ever, and the whole server stopped answering (seen as a DELETE /jobs/{id} that
+    never came back). The loop runs in a thread of its own here, so that such a stall fails the test."""
+    release = threading.Event()
+
+    def answer(prompts, params):
+        if "占用" in prompts[0]:
+            release.wait(10)
+        return [[f"{prompt}·{params.seed}"] for prompt in prompts]
+
+    engine = ScriptedEngine(answer)
+    service = make_service(engine, batch_wait_ms=50)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        running = await _running(service)
+        cancelled = asyncio.ensure_future(service.augment(["取消"], ONE))
+        await asyncio.sleep(0.01)
+        seeded = asyncio.ensure_future(service.augment(["带种子"], ONE.with_changes(seed=7)))
+        await asyncio.sleep(0.05)
+        # The engine call ends while the loop is busy here; its answer is posted to the loop first, then the
+        # cancellation: in the next turn the worker runs before the cancelled request's task.
+        release.set()
+        time.sleep(0.3)
+        loop.call_soon(cancelled.cancel)
+        await running
+        return (await seeded).variants
+
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(variants=asyncio.run(scenario())), daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the event loop stalled"
+    assert outcome["variants"] == [["带种子·7"]]
+    assert all("取消" not in prompt for prompts, _ in engine.calls for prompt in prompts)
 
 
 def test_a_short_request_is_not_starved_by_a_long_batch():
