@@ -67,6 +67,7 @@ class _QualityFields(_GenerationFields):
     max_length_ratio: StrictFloat | None = None
     min_label_prob: StrictFloat | None = None
     return_rejected: StrictBool | None = None
+    number_forms: StrictBool | None = None  # a generation parameter, for augmenting only
     # Checked by the service, which names the offending label (a list, or one separated string).
     labels: Any = None
 

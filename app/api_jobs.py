@@ -47,6 +47,7 @@ class JobForm(BaseModel):
     top_k: int | None = None
     top_p: float | None = None
     seed: int | None = None
+    number_forms: bool | None = None
     quality: str | None = None
     min_similarity: float | None = None
     max_similarity: float | None = None

@@ -6,7 +6,8 @@ Each candidate is checked in a fixed order and the first check it fails is its r
 - `duplicate`: the input, or an earlier candidate, once normalised (NFKC, which folds full and half
   width, case and white space);
 - `protected_lost`: a protected span of the input (number, date, link, name, quote... see
-  `protect.kept_spans`) is missing or changed;
+  `protect.kept_spans`) is missing or changed (with `number_forms`, an amount may be written either way:
+  三天 or 3天, never 4天);
 - `too_close`: a near copy: only punctuation, white space, particles or width changed, or the
   character similarity is above `max_similarity`;
 - `too_far`: the character similarity is below `min_similarity`, or the length ratio is outside
@@ -18,6 +19,11 @@ Each candidate is checked in a fixed order and the first check it fails is its r
 Character similarity is the indel similarity of the two texts' content characters (normalised,
 without punctuation and white space): 2 x their longest common subsequence / their total length.
 With `quality="off"` only empty outputs and exact repeats (ignoring white space) are removed.
+
+A text that ends with fewer variants than `requested` says why (`short_reason`), first that applies:
+`no_rewritable_words` (the engine had nothing it could change: the lexical engine found no word it may rewrite),
+`few_rewritable_words` (the engine made every distinct variant it could, and they were fewer),
+`dropped_by_gate` (the gate dropped the rest: `dropped` says why), `fewer_outputs` (the engine gave fewer).
 """
 
 from __future__ import annotations
@@ -28,11 +34,19 @@ from dataclasses import dataclass, field, fields
 
 from rapidfuzz.distance import Indel
 
-from app.engines.protect import kept_spans
+from app.engines import protect
 from app.errors import InvalidParameter
 from app.settings import Settings
 
 REASONS = ("empty", "duplicate", "protected_lost", "too_close", "too_far", "label_changed")
+SHORT_REASONS = ("no_rewritable_words", "few_rewritable_words", "dropped_by_gate", "fewer_outputs")
+# What the page says when a text got fewer variants than asked ("只生成 1 条（要 3 条）：句中可改写的词语不多").
+SHORT_REASON_WORDS = {
+    "no_rewritable_words": "句中没有可改写的词语（同义词替换引擎只改写审核过的同义词和句式）",
+    "few_rewritable_words": "句中可改写的词语不多，不同的改写只有这些",
+    "dropped_by_gate": "其余候选没有通过质量过滤",
+    "fewer_outputs": "模型给出的不同结果不足",
+}
 # What the page says for each reason ("过滤 4 条：关键信息丢失 2，与原文过于相似 1，标签改变 1").
 REASON_WORDS = {
     "empty": "空结果",
@@ -169,6 +183,8 @@ class Outcome:
     dropped: collections.Counter = field(default_factory=collections.Counter)
     rejected: list[Rejected] = field(default_factory=list)
     label_probability: float | None = None  # the input's own, where the label was checked
+    requested: int = 0
+    short_reason: str | None = None  # one of SHORT_REASONS when fewer than requested were kept
 
     @property
     def texts(self) -> list[str]:
@@ -178,10 +194,27 @@ class Outcome:
         self.dropped[reason] += 1
         self.rejected.append(Rejected(text, reason, similarity, label_probability))
 
+    def settle(self, requested: int, offered: int, exhausted: bool) -> None:
+        """Record what was asked and, when fewer were kept, why: `offered` candidates came from the engine in
+        all, and `exhausted` says it gave fewer than asked (it had no more)."""
+        self.requested = requested
+        if len(self.kept) >= requested:
+            self.short_reason = None
+        elif exhausted and not offered:
+            self.short_reason = "no_rewritable_words"
+        elif exhausted:
+            self.short_reason = "few_rewritable_words"
+        elif sum(self.dropped.values()):
+            self.short_reason = "dropped_by_gate"
+        else:
+            self.short_reason = "fewer_outputs"
+
     def report(self, return_rejected: bool) -> dict:
-        """What an answer says of this text: each kept variant's figures, the dropped by reason, the text's
-        own label probability (label check), and with `return_rejected` the dropped texts and why."""
-        shown: dict = {"variants": [variant.as_dict() for variant in self.kept], "dropped": self.dropped_counts()}
+        """What an answer says of this text: each kept variant's figures, how many were asked and why fewer came,
+        the dropped by reason, the text's own label probability (label check), and with `return_rejected` the
+        dropped texts and why."""
+        shown: dict = {"variants": [variant.as_dict() for variant in self.kept], "requested": self.requested,
+                       "short_reason": self.short_reason, "dropped": self.dropped_counts()}
         if self.label_probability is not None:
             shown["label_probability"] = _rounded(self.label_probability)
         if return_rejected:
@@ -191,6 +224,13 @@ class Outcome:
     def dropped_counts(self) -> dict[str, int]:
         """Every reason, in the gate's order, with its count (0 where none was dropped for it)."""
         return {reason: self.dropped[reason] for reason in REASONS}
+
+
+def short_words(outcome: Outcome) -> str:
+    """"只生成 1 条（要 3 条）：句中可改写的词语不多", or "" when every variant asked for was kept."""
+    if outcome.short_reason is None:
+        return ""
+    return f"只生成 {len(outcome.kept)} 条（要 {outcome.requested} 条）：{SHORT_REASON_WORDS[outcome.short_reason]}"
 
 
 def dropped_words(dropped: dict[str, int]) -> str:
@@ -205,17 +245,18 @@ def dropped_words(dropped: dict[str, int]) -> str:
 class TextGate:
     """The gate for one input: it remembers the candidates it has seen, so a repeat is a `duplicate`."""
 
-    def __init__(self, source: str | None, params: GateParams) -> None:
+    def __init__(self, source: str | None, params: GateParams, number_forms: bool = False) -> None:
         self.params = params
         self.outcome = Outcome()
         self.source = source
-        self._spans: list[str] = []
+        self._spans: list[tuple[str, ...]] = []  # each protected span, in the forms it may take
         self._seen: set[str] = set()
         if source is not None:
             self._normal = normalized(source)
             self._content = _content(self._normal)
             self._bare = _without_particles(self._content)
-            self._spans = [normalized(span) for span in kept_spans(source)]
+            self._spans = [tuple(map(normalized, protect.number_forms(span) if number_forms else (span,)))
+                           for span in protect.kept_spans(source)]
             self._seen.add(self._key(source))
 
     def _key(self, text: str) -> str:
@@ -238,7 +279,7 @@ class TextGate:
         if not self.params.on:
             return None, score
         params = self.params
-        if any(span not in normal for span in self._spans):
+        if any(not any(form in normal for form in forms) for forms in self._spans):
             return "protected_lost", score
         if _without_particles(content) == self._bare or score > params.max_similarity:
             return "too_close", score

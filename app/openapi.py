@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from app.checks import SPACE, label_pattern, labels_string_pattern
-from app.gate import GATE_FIELDS, REASONS
+from app.gate import GATE_FIELDS, REASONS, SHORT_REASONS
 from app.jobs.export import MEDIA_TYPES, OUTPUT_FORMATS
 from app.jobs.spec import KINDS, LABEL_CHECKS, STATES
 from app.params import (
@@ -90,6 +90,11 @@ def _enum(values: list[str], description: str) -> dict:
     return {"enum": [*values, None], "description": description}
 
 
+NUMBER_FORMS = {"type": ["boolean", "null"],
+                "description": "an amount may change how it is written, never its value (三天 <-> 3天, 百分之二十 <-> 20%): "
+                               "the lexical engine proposes it, and the gate accepts either form (default false)"}
+
+
 def _generation_fields(engines: list[str]) -> dict:
     return {
         "num_return_sequences": _range("integer", NUM_RETURN_SEQUENCES_RANGE, "distinct outputs wanted (default 3)"),
@@ -147,6 +152,7 @@ class _Schemas:
             "max_length_ratio": _range("number", (0, 100), "longer than this many times the text is too_far"),
             "min_label_prob": _range("number", (0, 1), "label check: the label's probability a variant needs"),
             "return_rejected": {"type": ["boolean", "null"], "description": "list the dropped variants and why"},
+            "number_forms": NUMBER_FORMS,
             "labels": {"anyOf": [*self.labels()["anyOf"], _NULL],
                        "description": f"label check: candidate labels (with {own_name})"},
             **own,
@@ -210,6 +216,7 @@ class _Schemas:
                                                                    "(default true)"},
             "sheet": {"type": "string", "description": "XLSX: the sheet to read (default the first)"},
             **{name: _not_null(schema) for name, schema in _generation_fields(self.service.engine_names()).items()},
+            "number_forms": _not_null(NUMBER_FORMS),
             **{name: _not_null(gate[name]) for name in GATE_FIELDS},
         }
         return {"type": "object", "properties": fields, "required": ["file", "text_col"],
@@ -222,6 +229,11 @@ _GATED = {
     "variants": {"type": "array", "items": _answer({"text": _STRING, "similarity": _PROBABILITY,
                                                     "label_probability": _PROBABILITY},
                                                    optional=("label_probability",))},
+    "requested": {"type": "integer", "minimum": 1, "description": "num_return_sequences: variants asked for"},
+    "short_reason": {"enum": [*SHORT_REASONS, None],
+                     "description": "why fewer than requested were kept (null when none is missing): the engine "
+                                    "had no word it could rewrite, had no more distinct variants, the gate dropped "
+                                    "the rest (see dropped), or the engine gave fewer"},
     "dropped": _DROPPED,
     "rejected": {"type": "array", "items": _answer({"text": _STRING, "reason": {"enum": list(REASONS)},
                                                     "similarity": {"type": ["number", "null"]},

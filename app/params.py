@@ -37,6 +37,9 @@ class GenerationParams:
     seed: int | None = None
     do_sample: bool = True
     min_new_tokens: int = 0
+    # A number may change how it is written (三天 <-> 3天, 百分之二十 <-> 20%), never its value: the lexical
+    # engine proposes such edits, and the gate takes either form of a protected amount as kept.
+    number_forms: bool = False
 
     def __post_init__(self) -> None:
         _within("num_return_sequences", self.num_return_sequences, NUM_RETURN_SEQUENCES_RANGE, int)
@@ -47,8 +50,9 @@ class GenerationParams:
         if self.seed is not None:
             _within("seed", self.seed, SEED_RANGE, int)
         _within("min_new_tokens", self.min_new_tokens, (0, self.max_length), int)
-        if not isinstance(self.do_sample, bool):
-            raise InvalidParameter("do_sample 必须是布尔值", field="do_sample")
+        for name in ("do_sample", "number_forms"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidParameter(f"{name} 必须是布尔值（true 或 false）", field=name)
 
     @property
     def tokens_per_prompt(self) -> int:
@@ -62,7 +66,7 @@ class GenerationParams:
         return asdict(self)
 
 
-PUBLIC_FIELDS = ("num_return_sequences", "max_length", "temperature", "top_k", "top_p", "seed")
+PUBLIC_FIELDS = ("num_return_sequences", "max_length", "temperature", "top_k", "top_p", "seed", "number_forms")
 WHOLE_FIELDS = ("num_return_sequences", "max_length", "top_k", "seed")
 DEFAULTS = GenerationParams()
 

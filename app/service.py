@@ -45,6 +45,10 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def _cleaned(candidates: list[str]) -> list[str]:
+    return [_clean(candidate) for candidate in candidates]
+
+
 def _by_pairs(items: list[tuple[str, list[str]]], most: int) -> Iterator[list[tuple[str, list[str]]]]:
     """`items` in order, cut into runs of at most `most` (prompt, label) pairs each (at least one item a run)."""
     run: list[tuple[str, list[str]]] = []
@@ -194,7 +198,7 @@ class Service:
             prompts = clean
         else:
             prompts = [self._templates.render("augment", text=text) for text in clean]
-        gates = [gate.TextGate(text, quality) for text in clean]
+        gates = [gate.TextGate(text, quality, params.number_forms) for text in clean]
         with self._admitted(chosen, started) as ticket:
             await self._gated_outputs(chosen, prompts, gates, params, ticket, check)
         outcomes = [each.outcome for each in gates]
@@ -321,18 +325,28 @@ class Service:
     async def _gated_outputs(self, engine: Engine, prompts: list[str], gates: list[gate.TextGate],
                              params: GenerationParams, ticket: Ticket, check: LabelCheck | None = None) -> None:
         """Sample, pass each output through its prompt's gate (and the label check), and sample again while
-        some prompt is short: each gate's outcome holds what was kept and what was dropped, and why."""
+        some prompt is short and its engine has more to give: each gate's outcome holds what was kept, what was
+        dropped and why, and why it is short. A candidate the gate judged in an earlier round is passed over
+        (an engine that enumerates, like the lexical one, proposes it again): it is not a new variant."""
         want = params.num_return_sequences
         pending = list(range(len(prompts)))
+        offered, exhausted = [0] * len(prompts), [False] * len(prompts)
+        judged: list[set[str]] = [set() for _ in prompts]
         round_params = params
         for round_index in range(self.settings.resample_rounds + 1):
             answers = await self._generate(engine, [prompts[i] for i in pending], round_params, ticket)
             passed: list[tuple[int, str, float | None]] = []
-            for i, candidates in zip(pending, answers):
+            for i, candidates in zip(pending, map(_cleaned, answers)):
+                offered[i] += len(candidates)
+                exhausted[i] = len(candidates) < round_params.num_return_sequences
                 room = want - len(gates[i].outcome.kept)
-                for candidate in map(_clean, candidates):
+                earlier, judged[i] = judged[i], set(judged[i])
+                for candidate in candidates:
                     if not room:
                         break
+                    if candidate in earlier:
+                        continue
+                    judged[i].add(candidate)
                     reason, score = gates[i].check(candidate)
                     if reason is None:
                         passed.append((i, candidate, score))
@@ -344,7 +358,7 @@ class Service:
                     gates[i].outcome.kept.append(gate.Kept(text, score))
             else:
                 await self._check_labels(passed, gates, check, ticket, originals=round_index == 0)
-            pending = [i for i in pending if len(gates[i].outcome.kept) < want]
+            pending = [i for i in pending if len(gates[i].outcome.kept) < want and not exhausted[i]]
             if not pending or not params.do_sample:
                 break
             # A seeded request stays reproducible: each extra round uses the next seed.
@@ -352,6 +366,8 @@ class Service:
             round_params = params.with_changes(
                 num_return_sequences=max(want - len(gates[i].outcome.kept) for i in pending), seed=next_seed
             )
+        for i, each in enumerate(gates):
+            each.outcome.settle(want, offered[i], exhausted[i])
 
     async def _check_labels(self, passed: list[tuple[int, str, float | None]], gates: list[gate.TextGate],
                             check: LabelCheck, ticket: Ticket, originals: bool) -> None:

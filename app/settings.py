@@ -50,6 +50,10 @@ class Settings:
     lexicon_file: Path = _opt(
         ROOT / "app" / "data" / "synonyms_reviewed.tsv", "reviewed synonym swaps for the lexical engine"
     )
+    rules_file: Path = _opt(
+        ROOT / "app" / "data" / "rules_reviewed.tsv",
+        "reviewed rewrites of function words and small constructions for the lexical engine",
+    )
     max_text_chars: int = _opt(1000, "longest accepted text, in characters")
     max_batch_texts: int = _opt(50, "most texts in one batch request")
     max_labels: int = _opt(50, "most candidate labels in one classification (at least 2)")

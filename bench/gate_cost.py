@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     templates = load_templates(settings.templates_file)
     gate_on, gate_off = gate.defaults(settings), GateParams(quality="off")
-    lexical = LexicalEngine(settings.lexicon_file)
+    lexical = LexicalEngine.from_settings(settings)
     ct2 = CT2Engine(ct2_model())
     seeds = {text: SEED_BASE + index for index, text in enumerate(texts)}
     progress("engines loaded", started)

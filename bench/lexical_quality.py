@@ -4,8 +4,9 @@
     (a person marks each line of bench/results/lexical_quality_blind.tsv: ok or bad in column 4)
     .venv/bin/python -m bench.lexical_quality score   # joins the marks back, writes the table
 
-Two sentence sets: the fixed test set (tests/data/lexical_sentences.tsv) and a held-out set written
-without seeing the lexicon (tests/data/lexical_heldout.tsv).
+Three sentence sets: the fixed test set (tests/data/lexical_sentences.tsv) and two held-out sets written by
+readers who never saw the lexicon or the rules (tests/data/lexical_heldout.tsv; lexical_heldout2.tsv, written
+for the rules' issue). The rules were developed on tests/data/lexical_dev.tsv and the fixed set only.
 The reader sees original and variant only, in shuffled order, never which system made it.
 """
 
@@ -21,7 +22,8 @@ RESULTS = ROOT / "bench" / "results"
 BLIND = RESULTS / "lexical_quality_blind.tsv"
 KEY = RESULTS / "lexical_quality_key.json"
 TABLE = RESULTS / "lexical_quality.md"
-SETS = {"fixed": SENTENCES, "held-out": SENTENCES.with_name("lexical_heldout.tsv")}
+SETS = {"fixed": SENTENCES, "held-out": SENTENCES.with_name("lexical_heldout.tsv"),
+        "held-out 2": SENTENCES.with_name("lexical_heldout2.tsv")}
 SEED = 1
 
 
@@ -81,9 +83,11 @@ def score() -> None:
             "read": len(read), "ok": ok, "ok_share": ok / len(read) if read else 0.0,
             "no_variant": len(rows) - len(read), **key["coverage"][system][name]}
     table = ["# Lexical variants read blind", "",
-             f"One variant per sentence (seed {SEED}) from each system, on two sets: "
-             "`tests/data/lexical_sentences.tsv` (fixed) and `tests/data/lexical_heldout.tsv` (held-out: "
-             "written by someone who had not seen the lexicon). All lines were shuffled together and read without knowing the system; "
+             f"One variant per sentence (seed {SEED}) from each system, on three sets: "
+             "`tests/data/lexical_sentences.tsv` (fixed), `tests/data/lexical_heldout.tsv` and "
+             "`tests/data/lexical_heldout2.tsv` (held-out: written by readers who had not seen the lexicon or the "
+             "rules, which were developed on `lexical_dev.tsv` and the fixed set). All lines were shuffled together "
+             "and read without knowing the system; "
              "ok = same meaning and natural Chinese. The reader was a separate AI reviewer agent given only "
              "this file; a human spot-check is still to be done. Sentences where a system gave no variant are counted "
              f"apart, not as ok. Coverage: share of sentences with at least 1 and at least "
@@ -96,7 +100,7 @@ def score() -> None:
             table.append(f"| {labels[system]} | {name} | **{s['ok_share']:.0%}** | {s['ok']} / {s['read']} | "
                          f"{s['no_variant']} | {s['with_1']:.0%} | {s[f'with_{VARIANTS}']:.0%} |")
         read, ok = (sum(s[k] for s in sets.values()) for k in ("read", "ok"))
-        table.append(f"| {labels[system]} | both | **{ok / read if read else 0.0:.0%}** | {ok} / {read} |  |  |  |")
+        table.append(f"| {labels[system]} | all | **{ok / read if read else 0.0:.0%}** | {ok} / {read} |  |  |  |")
     table += ["", "| system | set | original | variant | mark | note |", "| --- | --- | --- | --- | --- | --- |"]
     for (system, name), rows in sorted(marks.items()):
         table += [f"| {system} | {name} | {o} | {v} | {m} | {n} |" for o, v, m, n in rows]

@@ -47,10 +47,11 @@ def test_augment_answers_the_contract_fields_with_default_count(live_server):
     response = post(live_server, "/augment", {"text": TEXT, **FAST})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"original", "augmented_texts", "augmented", "variants", "dropped", "engine", "request_id",
-                         "elapsed_ms"}
+    assert set(body) == {"original", "augmented_texts", "augmented", "variants", "requested", "short_reason", "dropped",
+                         "engine", "request_id", "elapsed_ms"}
     assert body["original"] == TEXT
     assert 1 <= len(body["augmented_texts"]) <= 3
+    assert body["requested"] == 3 and (body["short_reason"] is None) == (len(body["augmented_texts"]) == 3)
     assert body["augmented"] == body["augmented_texts"]
     assert TEXT not in body["augmented_texts"]
     assert len(set(body["augmented_texts"])) == len(body["augmented_texts"])
@@ -81,7 +82,8 @@ def test_batch_keeps_input_order_and_flattens_in_the_same_order(live_server):
     body = response.json()
     assert set(body) == {"results", "augmented_texts", "dropped", "engine", "request_id", "elapsed_ms"}
     assert [r["original"] for r in body["results"]] == texts
-    assert all(set(r) == {"original", "augmented_texts", "variants", "dropped"} for r in body["results"])
+    assert all(set(r) == {"original", "augmented_texts", "variants", "requested", "short_reason", "dropped"}
+               and r["requested"] == 2 for r in body["results"])
     assert all(1 <= len(r["augmented_texts"]) <= 2 for r in body["results"])
     assert body["augmented_texts"] == [t for r in body["results"] for t in r["augmented_texts"]]
 

@@ -234,7 +234,7 @@ def test_bad_options_are_refused_naming_the_field(service, options, field):
 
 
 def test_an_engine_that_cannot_score_says_classification_needs_mt5():
-    service = make_service(LexicalEngine(Settings().lexicon_file))
+    service = make_service(LexicalEngine.from_settings())
     for call in (lambda: run(service.classify([TEXT], LABELS)),
                  lambda: run(service.classify([TEXT], LABELS, mode="generate")),
                  lambda: run(service.run_task("sentiment", {"text": TEXT}, task_params({}))),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,27 @@ class MutatingEngine:
         return [self.score(prompt, candidates) for prompt, candidates in items]
 
 
+@dataclass
+class Replay:
+    """One text's run through the service, as the oracle replays it."""
+
+    seen: set[str]  # the keys the gate has seen: the text's, then each examined candidate's
+    kept: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    judged: set[str] = field(default_factory=set)
+    examined: int = 0
+    offered: int = 0
+    rounds: int = 0
+    exhausted: bool = False
+
+    def short_reason(self, want: int) -> str | None:
+        if len(self.kept) >= want:
+            return None
+        if self.exhausted:
+            return "few_rewritable_words" if self.offered else "no_rewritable_words"
+        return "dropped_by_gate" if self.rejected else "fewer_outputs"
+
+
 @st.composite
 def gate_params(draw) -> GateParams:
     quality = draw(st.sampled_from(["on", "on", "on", "off"]))
@@ -298,40 +320,56 @@ def test_the_service_keeps_only_what_passes_and_drops_each_candidate_for_its_fir
     labelled = with_labels and params.quality == "on" and any(text_labels)
     scored: list[str] = []  # what the label check must have scored: labelled texts and their passed candidates
 
-    for index, (text, outcome) in enumerate(zip(texts, result.outcomes)):
-        label = text_labels[index] if labelled else None
-        answers = engine.answers[text]
-        # The service's run, replayed: each round examines candidates until the text has enough.
-        seen = {o_key(text, params)}
-        kept: list[str] = []
-        rejected: list[tuple[str, str]] = []
-        examined = 0
-        for round_index in range(rounds + 1):
+    # The service's run, replayed: each round examines each pending text's candidates until it has enough, passes
+    # over those examined in an earlier round, and leaves a text whose engine gave fewer than asked (no more).
+    replays = {text: Replay({o_key(text, params)}) for text in texts}
+    pending, asked = list(texts), want
+    for round_index in range(rounds + 1):
+        for index, text in enumerate(texts):
+            if text not in pending:
+                continue
+            replay, label = replays[text], text_labels[index] if labelled else None
+            answers = engine.answers[text]
             assert round_index < len(answers), f"no call for round {round_index} of {text!r}"
-            room = want - len(kept)
-            passed = []
-            for candidate in map(clean, answers[round_index]):
+            candidates = [clean(candidate) for candidate in answers[round_index]]
+            replay.offered += len(candidates)
+            replay.exhausted = len(candidates) < asked
+            replay.rounds += 1
+            room, earlier, passed = want - len(replay.kept), set(replay.judged), []
+            for candidate in candidates:
                 if not room:
                     break
-                examined += 1
-                reason = o_first_failure(text, candidate, seen, params)
+                if candidate in earlier:
+                    continue
+                replay.judged.add(candidate)
+                replay.examined += 1
+                reason = o_first_failure(text, candidate, replay.seen, params)
                 if reason is None:
                     passed.append(candidate)
                     room -= 1
                 else:
-                    rejected.append((candidate, reason))
+                    replay.rejected.append((candidate, reason))
             if label is not None:
                 scored += ([text] if round_index == 0 else []) + passed
             for candidate in passed:
                 if label is None or (o_label(candidate) == label
                                      and o_label_probability(candidate, label) >= params.min_label_prob):
-                    kept.append(candidate)
+                    replay.kept.append(candidate)
                 else:
-                    rejected.append((candidate, "label_changed"))
-            if len(kept) >= want:
-                break
-        assert len(answers) == round_index + 1, "the engine was asked again after the text had enough, or not"
+                    replay.rejected.append((candidate, "label_changed"))
+        pending = [text for text in pending if len(replays[text].kept) < want and not replays[text].exhausted]
+        if not pending:
+            break
+        asked = max(want - len(replays[text].kept) for text in pending)
 
+    for index, (text, outcome) in enumerate(zip(texts, result.outcomes)):
+        label = text_labels[index] if labelled else None
+        replay = replays[text]
+        kept, rejected, examined = replay.kept, replay.rejected, replay.examined
+        answers = engine.answers[text]
+        assert len(answers) == replay.rounds, "the engine was asked again after the text had enough, or not"
+        assert outcome.requested == want and outcome.short_reason == replay.short_reason(want)
+        event(f"short: {outcome.short_reason}")
         for _, reason in rejected:
             event(f"dropped: {reason}")
         if kept:
@@ -380,7 +418,7 @@ def test_the_service_keeps_only_what_passes_and_drops_each_candidate_for_its_fir
 
 @pytest.fixture(scope="module")
 def lexical():
-    return LexicalEngine(Settings().lexicon_file)
+    return LexicalEngine.from_settings()
 
 
 def lexical_texts() -> list[str]:
@@ -413,6 +451,35 @@ def test_a_one_word_synonym_swap_passes(lexical):
         ["医生建议多喝水。"], GenerationParams(num_return_sequences=10, seed=0)))
     assert result.variants == [variants]
     assert sum(result.dropped().values()) == 0
+
+
+class CountedLexical:
+    """The lexical engine, counting the service's calls."""
+
+    name, can_score, wants_raw_text, batch_size = "lexical", False, True, 16
+
+    def __init__(self, engine: LexicalEngine) -> None:
+        self.engine, self.calls = engine, 0
+
+    def info(self):
+        return self.engine.info()
+
+    def generate(self, prompts, params):
+        self.calls += 1
+        return self.engine.generate(prompts, params)
+
+
+def test_a_short_lexical_answer_says_why_and_the_engine_is_not_asked_again_for_what_it_has_not(lexical):
+    engine = CountedLexical(lexical)
+    texts = ["123 456 ABC！", "医生建议多喝水。", "衣服穿着很舒服，客服回复也很及时。"]
+    result = run(make_service(engine, resample_rounds=2).augment(texts, GenerationParams(num_return_sequences=4,
+                                                                                         seed=0)))
+    nothing, few, enough = result.outcomes
+    assert (nothing.texts, nothing.short_reason, nothing.requested) == ([], "no_rewritable_words", 4)
+    assert 0 < len(few.texts) < 4 and few.short_reason == "few_rewritable_words"
+    assert len(enough.texts) == 4 and enough.short_reason is None
+    assert engine.calls == 1 and sum(result.dropped().values()) == 0
+    assert few.report(False)["short_reason"] == "few_rewritable_words" and few.report(False)["requested"] == 4
 
 
 # --- near copies -------------------------------------------------------------------------------------------

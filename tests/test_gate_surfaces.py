@@ -138,6 +138,28 @@ def test_without_weights_the_gate_passes_lexical_swaps_and_the_label_check_needs
     assert response.status_code == 503 and response.json()["error"]["code"] == "needs_mt5"
 
 
+def test_without_weights_number_forms_are_opt_in_and_short_answers_say_why(server_without_weights):
+    text = "快递三天就到了，比预计快了2天，运费便宜了20%。"
+    plain = _post(server_without_weights, "/augment", text=text, quality="on", num_return_sequences=10, seed=1).json()
+    forms = _post(server_without_weights, "/augment", text=text, quality="on", num_return_sequences=10, seed=1,
+                  number_forms=True).json()
+    assert not any(span in variant for variant in plain["augmented_texts"] for span in ("3天", "两天", "百分之二十"))
+    changed = [v for v in forms["augmented_texts"] if any(span in v for span in ("3天", "两天", "百分之二十"))]
+    assert changed and len(forms["augmented_texts"]) > len(plain["augmented_texts"])
+    assert all("4天" not in v and ("三天" in v or "3天" in v) for v in forms["augmented_texts"])
+    # Ten are more than this sentence has: the answer says the engine ran out, not that the gate dropped them.
+    assert plain["requested"] == 10 and plain["short_reason"] in ("no_rewritable_words", "few_rewritable_words")
+    assert (plain["short_reason"] == "no_rewritable_words") == (plain["augmented_texts"] == [])
+    nothing = _post(server_without_weights, "/augment_batch", texts=["OK 123 ABC！", "衣服穿着很舒服，客服回复也很及时。"],
+                    quality="on").json()
+    assert [(r["requested"], r["short_reason"]) for r in nothing["results"]] == [(3, "no_rewritable_words"), (3, None)]
+    refused = _post(server_without_weights, "/augment", text=text, number_forms="yes")
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "number_forms"
+    client = Client(server_without_weights.url, verbose=False)
+    report = client.predict(text, num_return_sequences=10, seed=1, number_forms=True, api_name="/augment_report")
+    assert report["augmented_texts"] == forms["augmented_texts"] and report["short_reason"] == forms["short_reason"]
+
+
 def test_the_gradio_api_takes_the_gate_and_reports_it(live_server):
     client = Client(live_server.url, verbose=False)
     report = client.predict(PLAIN, max_length=16, seed=4, quality="on", min_similarity=0.5, return_rejected=True,
@@ -174,6 +196,7 @@ def test_the_batch_tab_keeps_a_row_for_an_input_that_got_nothing_and_says_why():
                                                                    3, 0.8, 16, 50, 0.95, ""))
     assert [row[0] for row in rows] == [PLAIN] * 3 + ["只会照抄的一句话"]
     # The first copy is a near copy; the next two repeat it.
-    assert rows[-1][2] == "" and rows[-1][4] == "没有结果：过滤 3 条：重复 2，与原文过于相似 1"
+    assert rows[-1][2] == "" and rows[-1][4] == ("只生成 0 条（要 3 条）：其余候选没有通过质量过滤；"
+                                                 "过滤 3 条：重复 2，与原文过于相似 1")
     assert "过滤 3 条：重复 2，与原文过于相似 1" in status and "1 条文本没有结果" in status
     assert all(0 < float(row[3]) < 1 for row in rows[:3])

@@ -17,7 +17,7 @@ def test_only_the_public_endpoints_are_listed(client):
     names = [p["parameter_name"] for p in endpoints["/augment"]["parameters"]]
     assert names == ["text", "num_return_sequences", "max_length", "temperature", "top_k", "top_p",
                      "seed", "engine", "quality", "min_similarity", "max_similarity", "min_length_ratio",
-                     "max_length_ratio", "labels", "label", "min_label_prob"]
+                     "max_length_ratio", "labels", "label", "min_label_prob", "number_forms"]
     defaults = {p["parameter_name"]: p.get("parameter_default") for p in endpoints["/augment"]["parameters"]}
     assert defaults["num_return_sequences"] == 3 and defaults["temperature"] == 0.8
     assert defaults["top_k"] == 50 and defaults["top_p"] == 0.95 and defaults["max_length"] == 128

@@ -115,3 +115,21 @@ def test_an_unknown_output_format_a_resume_of_nothing_or_a_missing_file_exits_2(
     missing = cli("augment", tmp_path / "没有这个文件.csv", "-o", tmp_path / "out.csv", "--text-col", "text",
                   tiny=tiny, tmp_path=tmp_path)
     assert missing.returncode == 2 and "没有这个文件.csv" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_lexical_run_with_number_forms_rewrites_amounts_and_the_report_says_why_rows_are_short(tiny_models, tmp_path):
+    source = tmp_path / "numbers.csv"
+    source.write_text("text,label\n快递三天就到了，比预计快了2天。,物流\nOK 123 ABC！,其他\n", encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    done = cli("augment", source, "-o", output, "--text-col", "text", "--label-col", "label", "--engine", "lexical",
+               "--number-forms", "--num-return-sequences", "5", "--seed", "1", "--exclude-original",
+               tiny=tiny_models["huggingface"], tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in output.read_text("utf-8").splitlines()]
+    texts = [row["text"] for row in rows]
+    assert texts and all(row["source_row"] == 1 and row["label"] == "物流" for row in rows)
+    assert any("3天" in text or "两天" in text for text in texts)
+    assert all("4天" not in text and ("三天" in text or "3天" in text) for text in texts)
+    report = json.loads(output.with_name("out.report.json").read_text("utf-8"))
+    short = {entry["source_row"]: entry["reason"] for entry in report["rows_short"]}
+    assert short[2] == "no_rewritable_words" and short.get(1) in (None, "few_rewritable_words")

@@ -76,7 +76,7 @@ def test_a_file_outside_the_upload_folder_is_never_read(upload_folder, tmp_path)
 
 def _options(**changes):
     values = dict(kind="augment", text_col="text", label_col=jobs_tab.NONE_LABEL, sheet=None, engine="mt5", n=2,
-                  temperature=0.8, max_length=16, top_k=50, top_p=0.95, seed="7", include_original=True,
+                  temperature=0.8, max_length=16, top_k=50, top_p=0.95, seed="7", number_forms=False, include_original=True,
                   quality_on=False, label_check="auto", labels="", multi_label=False, threshold=0.5)
     return jobs_tab.job_options(**{**values, **changes})
 

@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from app.engines.lexical import REORDER, LexicalEngine, changed_share
+from app.engines.lexical import NUMBER, REORDER, RULE, LexicalEngine, changed_share
 from app.engines.lexicon import cilin_groups, load_lexicon, part_of_speech, tag_parts_of_speech
-from app.engines.protect import split_protected
+from app.engines.protect import other_number_form, split_protected
+from app.engines.rules import RulesError, load_rules
 from app.errors import NeedsMT5
+from app.gate import TextGate, defaults
 from app.params import GenerationParams
 from app.settings import Settings
 
@@ -26,11 +28,12 @@ def sentences(name: str) -> list[list[str]]:
 
 SENTENCES = sentences("lexical_sentences.tsv")
 HELD_OUT = sentences("lexical_heldout.tsv")  # written without seeing the lexicon; read blind in bench/
+DEV = sentences("lexical_dev.tsv")  # written for the rules' development (the held-out sets are not tuned on)
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return LexicalEngine(Settings().lexicon_file)
+    return LexicalEngine.from_settings()
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +126,102 @@ def test_on_both_sentence_sets_no_swap_changes_part_of_speech_or_brings_an_idiom
                 if edit.tag == REORDER:
                     assert sorted(edit.replacement) == sorted(edit.word), (sentence, edit)
                     continue
+                if edit.kind == RULE:
+                    continue  # the next test's
                 same_in_jieba = tags[edit.replacement][0] == edit.tag[0]
                 same_in_cilin = set(tag_parts_of_speech(edit.tag)) & cilin_parts[edit.word] & cilin_parts[edit.replacement]
                 assert same_in_jieba or same_in_cilin, (sentence, edit)
                 assert tags[edit.replacement] not in ("i", "l"), (sentence, edit)
                 assert not (len(edit.replacement) == 4 and len(edit.word) <= 2), (sentence, edit)
                 assert len(edit.word) >= 2 and len(edit.replacement) >= 2
+
+
+def test_every_rule_edit_is_a_reviewed_rule_of_that_word_applied_where_its_context_holds(engine):
+    seen = 0
+    for _, sentence in SENTENCES + DEV:
+        tokens = engine.tokens(sentence)
+        for variant in engine.propose(sentence, GenerationParams(num_return_sequences=10, temperature=2.0, seed=3)):
+            for edit in (edit for edit in variant.edits if edit.kind == RULE):
+                seen += 1
+                places = [i for i, token in enumerate(tokens) if token.text == edit.word]
+                assert any(edit.replacement in rule.replacements and rule.applies(tokens, i)
+                           for i in places for rule in engine.rules.by_word[edit.word]), (sentence, edit)
+    assert seen > 100
+
+
+@pytest.mark.parametrize("sentence, word, rewrites", [
+    ("快递员把包裹放在门口就走了，也没有打电话通知。", "把", {"将"}),
+    ("快递员把包裹放在门口就走了，也没有打电话通知。", "没有", {"没"}),
+    ("衣服穿着很舒服，客服回复也很及时。", "很", {"非常", "特别", "十分"}),
+    ("请问可以开发票吗？", "可以", {"能"}),  # 能够 is ability, not permission
+    ("付款前请确认收货地址。", "前", {"之前", "以前"}),
+    ("该活动已于昨天结束。", "该", {"此"}),
+    ("耳机音质还可以，就是降噪一般。", "可以", set()),  # 还可以 is "OK", not "can"
+    ("发货了吗？还没有。", "没有", set()),  # a final 没有 stays
+    ("特别是老人和孩子要注意保暖。", "特别", set()),  # 特别是 is "especially"
+    ("该活动已于昨天结束。", "已", set()),  # 已于 is a set formal phrase
+    ("门前停着一辆车。", "前", set()),  # a place, not a time
+])
+def test_rules_apply_in_their_contexts_and_never_outside_them(engine, sentence, word, rewrites):
+    tokens = engine.tokens(sentence)
+    index = next((i for i, token in enumerate(tokens) if token.text == word), None)  # the first
+    found = set() if index is None else set(engine.rules.replacements(tokens, index))
+    assert found == rewrites, (word, [f"{t.text}/{t.tag}" for t in tokens])
+    if rewrites:
+        texts = [v.text for v in engine.propose(sentence, GenerationParams(num_return_sequences=10, seed=1))]
+        assert texts and all(text != sentence for text in texts)
+
+
+def test_a_synonym_with_a_context_is_not_used_in_the_collocation_it_names(tmp_path):
+    reviewed = tmp_path / "reviewed.tsv"
+    reviewed.write_text("提高\tv\t+提升\tnot_next=警惕\n", encoding="utf-8")
+    engine = LexicalEngine(reviewed)
+    params = GenerationParams(num_return_sequences=3, seed=1)
+    assert [v.text for v in engine.propose("我们要提高效率。", params)] == ["我们要提升效率。"]
+    assert engine.propose("我们要提高警惕。", params) == []
+
+
+@pytest.mark.parametrize("line, problem", [
+    ("很\t*\t非常\tnext_colour=a", "unknown condition"),
+    ("很\t*\t非常\tnext_len=two", "a length is a number"),
+    ("很\t*\t很", "other than the word"),
+    ("很\t*", "expected word"),
+])
+def test_a_rules_file_that_cannot_be_read_names_the_line(tmp_path, line, problem):
+    rules = tmp_path / "rules.tsv"
+    rules.write_text(f"# a comment\n{line}\n", encoding="utf-8")
+    with pytest.raises(RulesError, match=f"rules.tsv:2: .*{problem}"):
+        load_rules(rules)
+
+
+@pytest.mark.parametrize("written, other", [
+    ("三天", "3天"), ("3天", "三天"), ("15元", "十五元"), ("十五元", "15元"), ("2个小时", "两个小时"),
+    ("两个小时", "2个小时"), ("30分钟，", "三十分钟，"), ("10万元", "十万元"), ("1个", "一个"), ("20%", "百分之二十"),
+    ("百分之二十", "20%"), ("5%。", "百分之五。"),
+    # Never: an article (一个), a date or time (3月, 2024年, 3点), an ordinal (2楼, 第3期), decimals, 100 and more.
+    ("一个", None), ("3月", None), ("2024年", None), ("3点", None), ("2楼", None), ("第3期", None),
+    ("12.5元", None), ("100元", None), ("百分之百", None), ("05天", None),
+])
+def test_an_amount_is_written_the_other_way_with_the_same_value(written, other):
+    assert other_number_form(written) == other
+
+
+def test_number_forms_are_edits_only_when_asked_and_the_gate_takes_either_form(engine):
+    text = "快递三天就到了，比预计快了2天。"
+    asked = GenerationParams(num_return_sequences=10, seed=1, number_forms=True)
+    texts = [v.text for v in engine.propose(text, asked)]
+    assert "快递3天就到了，比预计快了2天。" in texts and "快递三天就到了，比预计快了两天。" in texts
+    plain = engine.propose(text, GenerationParams(num_return_sequences=10, seed=1))
+    assert len(plain) < len(texts) and all(edit.kind != NUMBER for variant in plain for edit in variant.edits)
+    assert any(edit.kind == NUMBER for variant in engine.propose(text, asked) for edit in variant.edits)
+    assert TextGate(text, defaults(Settings()), number_forms=True).check("快递3天就到了，比预计快了两天。")[0] is None
+    assert TextGate(text, defaults(Settings())).check("快递3天就到了，比预计快了两天。")[0] == "protected_lost"
+    assert TextGate(text, defaults(Settings()), number_forms=True).check("快递4天就到了，比预计快了两天。")[0] == \
+        "protected_lost"
+
+
+def test_the_shipped_rules_load_whole(engine):
+    assert len(engine.rules) >= 100 and "reviewed rules" in engine.info()["model"]
 
 
 def test_the_fixed_set_covers_every_domain_with_at_least_40_sentences():

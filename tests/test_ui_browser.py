@@ -186,7 +186,7 @@ def test_the_quality_gate_says_what_it_dropped_and_no_input_leaves_the_batch_tab
     expect(originals).to_have_count(2)
     assert [cell.strip() for cell in originals.all_inner_texts()] == BATCH_LINES
     reasons = [cell.strip() for cell in page.locator('[role="gridcell"][aria-colindex="5"]').all_inner_texts()]
-    assert all(reason.startswith("没有结果：过滤 ") for reason in reasons), reasons
+    assert all(reason.startswith("只生成 0 条（要 3 条）：其余候选没有通过质量过滤；过滤 ") for reason in reasons), reasons
 
 
 def test_copy_buttons_put_variants_on_clipboard(page):
@@ -229,17 +229,31 @@ def test_without_weights_the_page_says_lexical_serves_and_why_and_it_works(brows
         expect(banner(page)).to_contain_text("未加载")
         expect(banner(page)).to_contain_text("missing-model")
         expect(page.get_by_label("引擎").first).to_have_value("同义词替换（无需模型权重）")
+        # The controls this engine does not read are hidden, not only described.
+        expect(page.get_by_label("最大长度").first).to_be_hidden()
+        expect(page.get_by_label("Top-K").first).to_be_hidden()
+        expect(page.get_by_label("温度").first).to_be_visible()
         variants = run_single(page, "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。")
         assert variants[0] and "引擎 lexical" in page.locator("body").inner_text()
+        # A text with nothing to rewrite: the page says so in words.
+        page.get_by_label("输入文本").fill("OK 123 ABC！")
+        page.get_by_role("button", name="开始增强").click()
+        expect(page.get_by_text(re.compile(r"只生成 0 条（要 3 条）：句中没有可改写的词语"))).to_be_visible()
     finally:
         page.context.close()
 
 
 def test_with_weights_the_engine_selector_switches_to_lexical(page):
+    expect(page.get_by_label("最大长度").first).to_be_visible()
     page.get_by_label("引擎").first.click()
     page.get_by_role("option", name="同义词替换（无需模型权重）").click()
+    expect(page.get_by_label("最大长度").first).to_be_hidden()
+    expect(page.get_by_label("Top-P").first).to_be_hidden()
     run_single(page, "医生建议患者每天按时服用药物，如果症状没有缓解，请立即到医院就诊。")
     expect(page.get_by_text(re.compile(r"引擎 lexical"))).to_be_visible()
+    page.get_by_label("引擎").first.click()
+    page.get_by_role("option", name="mT5 模型", exact=True).click()
+    expect(page.get_by_label("最大长度").first).to_be_visible()
 
 
 def classify_in_page(page: Page, text: str, tags: list[str]) -> None:

@@ -7,6 +7,7 @@ import pytest
 
 from app import ui
 from app.errors import InvalidParameter, ModelUnavailable, TextEmpty
+from app.gate import Kept, Outcome
 from app.jobs.manager import Jobs
 from app.service import Service
 from app.settings import Settings
@@ -59,10 +60,28 @@ def test_copy_formats():
     assert "1. 甲\n2. 乙" in markdown
 
 
-def test_the_status_line_says_when_fewer_variants_exist_than_asked():
-    assert "只找到 2 条" in augment_tab.status_line(2, 3, "mt5", 12.0)
-    assert "凑数" in augment_tab.status_line(2, 3, "lexical", 12.0)
-    assert "只找到" not in augment_tab.status_line(3, 3, "mt5", 12.0)
+def _outcome(kept: int, requested: int, offered: int, exhausted: bool, dropped: int = 0) -> Outcome:
+    outcome = Outcome(kept=[Kept(f"结果{i}", 0.8) for i in range(kept)])
+    for i in range(dropped):
+        outcome.drop(f"丢弃{i}", "too_close", 0.995)
+    outcome.settle(requested, offered, exhausted)
+    return outcome
+
+
+def test_the_status_line_says_why_fewer_variants_came_than_asked():
+    nothing = augment_tab.status_line(_outcome(0, 3, 0, True), "lexical", 12.0)
+    assert "只生成 0 条（要 3 条）" in nothing and "没有可改写的词语" in nothing
+    assert "可改写的词语不多" in augment_tab.status_line(_outcome(2, 3, 2, True), "lexical", 12.0)
+    gated = augment_tab.status_line(_outcome(2, 3, 9, False, dropped=7), "mt5", 12.0)
+    assert "过滤 7 条" in gated and "没有通过质量过滤" in gated
+    assert "只生成" not in augment_tab.status_line(_outcome(3, 3, 3, False), "mt5", 12.0)
+
+
+def test_the_batch_table_says_why_a_text_is_short_on_its_first_row():
+    rows = augment_tab.table_rows(["甲句", "乙句"], [None, "正面"], [_outcome(2, 3, 2, True), _outcome(0, 3, 0, True)])
+    assert [row[2] for row in rows] == ["结果0", "结果1", ""]
+    assert "可改写的词语不多" in rows[0][4] and rows[1][4] == ""
+    assert rows[2][:2] == ["乙句", "正面"] and "没有可改写的词语" in rows[2][4]
 
 
 def test_batch_lines_keep_order_and_skip_blank_lines():

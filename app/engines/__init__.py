@@ -50,7 +50,7 @@ def load_engine(settings: Settings, name: str) -> Engine:
         from app.errors import ModelUnavailable
 
         try:
-            return LexicalEngine(settings.lexicon_file)
+            return LexicalEngine.from_settings(settings)
         except LexiconError as exc:
             raise ModelUnavailable(f"同义词词表无法加载：{exc}") from exc
     raise ValueError(f"unknown engine {name!r}")

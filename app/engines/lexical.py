@@ -1,7 +1,8 @@
-"""Synonym replacement that keeps meaning: the engine that needs no model weights.
+"""Synonym replacement and reviewed rewrites that keep meaning: the engine that needs no model weights.
 
-Policy lives here (which words may change, how many, in which order); the synonyms themselves
-are data (app/engines/lexicon.py and app/data/synonyms_reviewed.tsv).
+Policy lives here (which words may change, how many, in which order); the edits themselves are data:
+content-word synonyms (app/engines/lexicon.py, app/data/synonyms_reviewed.tsv) and rules for function words
+and small constructions (app/engines/rules.py, app/data/rules_reviewed.tsv).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.engines.context import BOUNDARY, PROTECTED, Token
 from app.engines.lexicon import EXCLUDED_TAGS, Lexicon, load_lexicon
-from app.engines.protect import split_protected
+from app.engines.protect import other_number_form, split_protected
+from app.engines.rules import NO_RULES, Rules, load_rules
 from app.errors import NeedsMT5
 from app.params import GenerationParams
 
@@ -43,6 +46,7 @@ RELATION_LOOKAHEAD = 3  # tokens after the second noun searched for such a word
 BEFORE_FIRST = ("v", "p", "x")
 AFTER_SECOND = ("v", "d", "p", "x", "u", "c")
 REORDER = "reorder"
+SYNONYM, RULE, NUMBER = "synonym", "rule", "number"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class Edit:
     word: str
     replacement: str
     tag: str  # the word's part of speech; REORDER for two coordinated nouns swapping places
+    kind: str = SYNONYM  # SYNONYM (the reviewed synonyms), RULE (the reviewed rules), NUMBER or REORDER
 
 
 @dataclass(frozen=True)
@@ -59,18 +64,14 @@ class Variant:
 
 
 @dataclass(frozen=True)
-class _Token:
-    text: str
-    tag: str  # jieba's tag; "x" for punctuation, "" for any other protected span
-
-
-@dataclass(frozen=True)
 class _Slot:
     index: int  # position in the token list
     word: str
     tag: str
-    options: tuple[str, ...]  # synonyms; for a reorder the one option is the partner noun
+    options: tuple[str, ...]  # synonyms, then rule rewrites; for a reorder the one option is the partner noun
     partner: int | None = None  # a reorder exchanges the nouns at index and partner
+    synonyms: int = 0  # how many of the options are synonyms (the rest are rule rewrites)
+    kind: str | None = None  # NUMBER for an amount written the other way; else told by `synonyms`
 
 
 def changed_share(temperature: float) -> float:
@@ -78,14 +79,14 @@ def changed_share(temperature: float) -> float:
 
 
 class LexicalEngine:
-    """Replaces content words by reviewed Cilin synonyms, never touching protected spans."""
+    """Replaces words by reviewed synonyms and rewrites, never touching protected spans."""
 
     name = "lexical"
     can_score = False
     wants_raw_text = True
     batch_size = 16
 
-    def __init__(self, reviewed_file: Path) -> None:
+    def __init__(self, reviewed_file: Path, rules_file: Path | None = None) -> None:
         started = time.monotonic()
         import jieba
         import jieba.posseg
@@ -96,13 +97,26 @@ class LexicalEngine:
         self._tags = jieba.posseg.dt.word_tag_tab
         self._freq = jieba.dt.FREQ
         self._lexicon: Lexicon = load_lexicon(reviewed_file)
+        self.rules: Rules = NO_RULES if rules_file is None else load_rules(rules_file)
         self._load_seconds = time.monotonic() - started
-        log.info("Lexical engine loaded in %.1f s (%s)", self._load_seconds, self._lexicon.source)
+        log.info("Lexical engine loaded in %.1f s (%s)", self._load_seconds, self.source)
+
+    @property
+    def source(self) -> str:
+        return f"{self._lexicon.source}; {self.rules.source}"
+
+    @classmethod
+    def from_settings(cls, settings=None) -> "LexicalEngine":
+        """The engine on the reviewed data the settings name (the defaults: app/data/)."""
+        from app.settings import Settings
+
+        settings = settings or Settings()
+        return cls(settings.lexicon_file, settings.rules_file)
 
     def info(self) -> dict:
         return {
             "engine": self.name,
-            "model": self._lexicon.source,
+            "model": self.source,
             "device": "cpu",
             "dtype": "n/a",
             "load_seconds": round(self._load_seconds, 2),
@@ -117,32 +131,41 @@ class LexicalEngine:
     def score_batch(self, items: list[tuple[str, list[str]]]) -> list[list[float]]:
         raise NeedsMT5("同义词替换引擎不能打分：零样本分类等任务需要 mT5 权重（见 README「安装模型权重」）")
 
-    def _tokens(self, text: str) -> list[_Token]:
-        tokens: list[_Token] = []
+    def tokens(self, text: str) -> list[Token]:
+        """The text as jieba's words with their tags; protected spans whole (punctuation "x", others "m")."""
+        tokens: list[Token] = []
         for piece, protected in split_protected(text):
             if protected:
-                tokens.append(_Token(piece, "x" if all(_is_punctuation(c) for c in piece) else ""))
+                tokens.append(Token(piece, BOUNDARY if all(_is_punctuation(c) for c in piece) else PROTECTED))
                 continue
             for pair in self._cut(piece):
                 tokens.extend(self._halves(pair.word, pair.flag))
         return tokens
 
-    def _halves(self, word: str, tag: str) -> list[_Token]:
+    def _halves(self, word: str, tag: str) -> list[Token]:
         """A phrase entry of jieba's dictionary cut in two common words; any other word as it is."""
         if (len(word) < 3 or self._freq.get(word, 0) > PHRASE_ENTRY_MAX_FREQ or tag in EXCLUDED_TAGS
                 or self._lexicon.candidates(word, tag)):
-            return [_Token(word, tag)]
+            return [Token(word, tag)]
         cuts = [(word[:i], word[i:]) for i in range(1, len(word))]
         cuts = [cut for cut in cuts if all(self._freq.get(half, 0) >= COMMON_WORD_FREQ
                                            and self._tags.get(half, "x") not in EXCLUDED_TAGS for half in cut)]
         if not cuts:
-            return [_Token(word, tag)]
+            return [Token(word, tag)]
         best = max(cuts, key=lambda cut: min(self._freq[half] for half in cut))
-        return [_Token(half, self._tags[half]) for half in best]
+        return [Token(half, self._tags[half]) for half in best]
 
-    def _slots(self, tokens: list[_Token]) -> list[_Slot]:
-        slots = [_Slot(i, t.text, t.tag, synonyms) for i, t in enumerate(tokens)
-                 if (synonyms := self._lexicon.candidates(t.text, t.tag))]
+    def _slots(self, tokens: list[Token], number_forms: bool = False) -> list[_Slot]:
+        slots = []
+        for i, token in enumerate(tokens):
+            if token.tag == PROTECTED:
+                if number_forms and (other := other_number_form(token.text)):
+                    slots.append(_Slot(i, token.text, PROTECTED, (other,), kind=NUMBER))
+                continue
+            synonyms = self._lexicon.candidates_at(tokens, i)
+            rewrites = tuple(r for r in self.rules.replacements(tokens, i) if r not in synonyms)
+            if synonyms or rewrites:
+                slots.append(_Slot(i, token.text, token.tag, synonyms + rewrites, synonyms=len(synonyms)))
         for i in range(1, len(tokens) - 1):
             if tokens[i].text in CONJUNCTIONS and _coordinated(tokens, i - 1, i + 1):
                 slots.append(_Slot(i - 1, tokens[i - 1].text, REORDER, (tokens[i + 1].text,), partner=i + 1))
@@ -150,8 +173,8 @@ class LexicalEngine:
 
     def propose(self, text: str, params: GenerationParams) -> list[Variant]:
         """Up to `num_return_sequences` distinct variants, each different from `text`."""
-        tokens = self._tokens(text)
-        slots = self._slots(tokens)
+        tokens = self.tokens(text)
+        slots = self._slots(tokens, params.number_forms)
         if not slots:
             return []
         # A seed fixes each text's variants whatever else is in the batch.
@@ -195,7 +218,7 @@ def _is_punctuation(char: str) -> bool:
     return unicodedata.category(char)[0] in "PZ"
 
 
-def _coordinated(tokens: list[_Token], first: int, second: int) -> bool:
+def _coordinated(tokens: list[Token], first: int, second: int) -> bool:
     """Two plain nouns joined by a conjunction, with nothing around them whose meaning hangs on their order."""
     if not all(tokens[i].tag == "n" and len(tokens[i].text) >= 2 for i in (first, second)):
         return False
@@ -209,17 +232,19 @@ def _coordinated(tokens: list[_Token], first: int, second: int) -> bool:
     return not any(t.text in ORDERED_RELATIONS for t in after)
 
 
-def _apply(tokens: list[_Token], choice) -> Variant:
+def _apply(tokens: list[Token], choice) -> Variant:
     changed = [t.text for t in tokens]
     edits = []
     # Synonyms first, then reorders, so that a noun may be both replaced and moved.
     for slot, option in sorted(choice, key=lambda pair: (pair[0].partner is not None, pair[0].index)):
         if slot.partner is None:
             changed[slot.index] = option
-            edits.append(Edit(slot.word, option, slot.tag))
+            kind = slot.kind or (SYNONYM if slot.options.index(option) < slot.synonyms else RULE)
+            edits.append(Edit(slot.word, option, slot.tag, kind))
         else:
             first, second = changed[slot.index], changed[slot.partner]
             middle = "".join(changed[slot.index + 1:slot.partner])
             changed[slot.index], changed[slot.partner] = second, first
-            edits.append(Edit(first + middle + second, second + middle + first, REORDER))
+            edits.append(Edit(first + middle + second, second + middle + first, REORDER, REORDER))
     return Variant("".join(changed), tuple(edits))
+

@@ -6,6 +6,9 @@ Two sources, both gated by a review (app/data/synonyms_reviewed.tsv) and by the 
 - our own additions, written with a leading "+" (提高 -> +提升), for pairs Cilin does not group
   (it predates much of today's vocabulary): the review alone vouches for them.
 
+A line may end with a context (app/engines/context.py) where a swap fails in one collocation:
+提高 -> +提升 with `not_next=警惕` (提高警惕 is a set phrase; 提升警惕 is not Chinese).
+
     python -m app.engines.lexicon candidates --min-freq 300   # unreviewed Cilin swaps, as TSV
     python -m app.engines.lexicon check [FILE]                 # every reviewed swap the loader drops, and why
 """
@@ -19,6 +22,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from app.engines.context import ANYWHERE, Context, ContextError, Token, parse_context
 
 CONTENT_FAMILIES = ("n", "v", "a", "d")
 # Idioms, set phrases, names, places, organisations, other proper nouns, abbreviations.
@@ -46,15 +51,32 @@ class LexiconError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Entry:
+    """The swaps of one reviewed line, and where they hold."""
+
+    synonyms: tuple[str, ...]
+    context: Context = ANYWHERE
+
+
+@dataclass(frozen=True)
 class Lexicon:
-    synonyms: dict[str, tuple[str, ...]]
+    entries: dict[str, tuple[Entry, ...]]  # "word<TAB>tag family" -> its reviewed lines' swaps
     source: str
 
-    def candidates(self, word: str, tag: str) -> tuple[str, ...]:
-        """Reviewed synonyms of `word` used with part of speech `tag`; none for other uses."""
+    def _entries(self, word: str, tag: str) -> tuple[Entry, ...]:
         if not is_content_tag(tag) or len(word) < 2:
             return ()
-        return self.synonyms.get(f"{word}\t{tag[0]}", ())
+        return self.entries.get(f"{word}\t{tag[0]}", ())
+
+    def candidates(self, word: str, tag: str) -> tuple[str, ...]:
+        """Reviewed synonyms of `word` used with part of speech `tag`, in some context; none for other uses."""
+        return tuple(dict.fromkeys(s for entry in self._entries(word, tag) for s in entry.synonyms))
+
+    def candidates_at(self, tokens: list[Token], index: int) -> tuple[str, ...]:
+        """Reviewed synonyms of the word at `index` of `tokens` that hold where it stands."""
+        token = tokens[index]
+        return tuple(dict.fromkeys(s for entry in self._entries(token.text, token.tag)
+                                   if entry.context.holds(tokens, index) for s in entry.synonyms))
 
 
 def cilin_groups() -> list[tuple[str, tuple[str, ...]]]:
@@ -156,7 +178,7 @@ def _shared_groups(groups: list[tuple[str, tuple[str, ...]]]) -> dict[str, set[s
 
 
 def _reviewed_lines(reviewed_file: Path):
-    """(line number, word, tag, [(synonym, added)]) for each swap line of the reviewed file."""
+    """(line number, word, tag, [(synonym, added)], context) for each swap line of the reviewed file."""
     try:
         lines = reviewed_file.read_text("utf-8").splitlines()
     except OSError as exc:
@@ -165,17 +187,21 @@ def _reviewed_lines(reviewed_file: Path):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")
-        if len(parts) != 3:
-            raise LexiconError(f"{reviewed_file}:{number}: expected word<TAB>tag<TAB>synonyms")
-        word, tag, candidates = parts
-        yield number, word, tag, [(c.removeprefix("+"), c.startswith("+")) for c in candidates.split()]
+        if len(parts) not in (3, 4):
+            raise LexiconError(f"{reviewed_file}:{number}: expected word<TAB>tag<TAB>synonyms[<TAB>context]")
+        word, tag, candidates = parts[:3]
+        try:
+            context = parse_context(parts[3]) if len(parts) == 4 and parts[3].strip() else ANYWHERE
+        except ContextError as exc:
+            raise LexiconError(f"{reviewed_file}:{number}: {exc}") from None
+        yield number, word, tag, [(c.removeprefix("+"), c.startswith("+")) for c in candidates.split()], context
 
 
 def _judged(reviewed_file: Path):
     """(line number, word, tag, [(synonym, added, why it is dropped or None)]) for each reviewed line."""
     groups = cilin_groups()
     together, dictionary = _shared_groups(groups), _Dictionary(groups)
-    for number, word, tag, candidates in _reviewed_lines(reviewed_file):
+    for number, word, tag, candidates, context in _reviewed_lines(reviewed_file):
         judged = []
         for candidate, added in candidates:
             if not is_content_tag(tag):
@@ -185,21 +211,21 @@ def _judged(reviewed_file: Path):
             if problem is None and not added and candidate not in together.get(word, ()):
                 problem = "Cilin does not group them (mark our own additions with +)"
             judged.append((candidate, added, problem))
-        yield number, word, tag, judged
+        yield number, word, tag, judged, context
 
 
 def load_lexicon(reviewed_file: Path) -> Lexicon:
     """Keep each reviewed swap that passes the plain-swap rules and is grouped by Cilin or marked added."""
-    synonyms: dict[str, tuple[str, ...]] = {}
+    entries: dict[str, tuple[Entry, ...]] = {}
     added = set()
-    for _, word, tag, judged in _judged(reviewed_file):
+    for _, word, tag, judged, context in _judged(reviewed_file):
         kept = tuple(candidate for candidate, _, problem in judged if problem is None)
         if kept:
             key = f"{word}\t{tag[0]}"
-            synonyms[key] = tuple(dict.fromkeys(synonyms.get(key, ()) + kept))
+            entries[key] = (*entries.get(key, ()), Entry(kept, context))
             added.update((word, candidate) for candidate, is_added, problem in judged if is_added and problem is None)
-    return Lexicon(synonyms, f"Tongyici Cilin (extended), cilin {metadata.version('cilin')}, and dpp's own "
-                             f"additions: {len(synonyms)} reviewed words, {len(added)} added swaps")
+    return Lexicon(entries, f"Tongyici Cilin (extended), cilin {metadata.version('cilin')}, and dpp's own "
+                            f"additions: {len(entries)} reviewed words, {len(added)} added swaps")
 
 
 def review_candidates(min_word_freq: int) -> list[tuple[str, str, list[str]]]:
@@ -235,7 +261,7 @@ def main() -> None:
 
         args.file = Settings().lexicon_file
     dropped = 0
-    for number, word, _, judged in _judged(args.file):
+    for number, word, _, judged, _ in _judged(args.file):
         for candidate, _, problem in judged:
             if problem:
                 dropped += 1

@@ -95,3 +95,69 @@ def split_protected(text: str) -> list[tuple[str, bool]]:
     if cursor < len(text):
         pieces.append((text[cursor:], False))
     return pieces
+
+
+# --- number forms: 三天 <-> 3天, 百分之二十 <-> 20% (an amount's value never changes, only how it is written) ---
+
+_DIGITS = "零一二三四五六七八九"
+# Units after which an amount may change its written form: counts, durations, money, weights and lengths. Never a
+# date, a time of day, an ordinal or a score (3月, 5日, 3点, 2楼, 第3期, 3分), whose two forms differ in use.
+_FORM_UNITS = _words(
+    "个 件 台 条 张 份 位 名 次 遍 倍 元 块 岁 天 周 小时 分钟 秒钟 斤 公斤 克 千克 吨 公里 千米 米 厘米 毫米 升 毫升 "
+    "瓶 盒 箱 包 袋 杯 碗 家 辆 人 万 亿".split())
+_AMOUNT = re.compile(r"(?P<number>\d{1,2}|[零一二两三四五六七八九十]{1,3})(?P<unit>" + _FORM_UNITS + r"(?:"
+                     + _words(_SECOND_UNITS + ["个"]) + r")*)(?P<tail>[^\w]*)")
+_PERCENT = re.compile(r"(?:(?P<arabic>\d{1,2})%|百分之(?P<chinese>[一二三四五六七八九十]{1,3}))(?P<tail>[^\w]*)")
+_CHINESE_NUMBER = re.compile(r"(?:(?P<tens>[二三四五六七八九])?(?P<ten>十))?(?P<ones>[一二三四五六七八九])?")
+
+
+def chinese_number(value: int, counting: bool = True) -> str:
+    """1..99 in Chinese numerals; 2 before a measure word is 两 (两天, not 二天)."""
+    if value == 2 and counting:
+        return "两"
+    tens, ones = divmod(value, 10)
+    return (_DIGITS[tens] if tens > 1 else "") + ("十" if tens else "") + (_DIGITS[ones] if ones else "")
+
+
+def number_value(text: str) -> int | None:
+    """The value of 1..99 written in Arabic or Chinese numerals (两 for 2), or None."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if text == "两":
+        return 2
+    match = _CHINESE_NUMBER.fullmatch(text)
+    if not text or match is None:
+        return None
+    tens = _DIGITS.index(match["tens"]) if match["tens"] else (1 if match["ten"] else 0)
+    return tens * 10 + (_DIGITS.index(match["ones"]) if match["ones"] else 0)
+
+
+def other_number_form(text: str) -> str | None:
+    """`text` (an amount with its unit, or a percentage, and trailing punctuation) with its number written the
+    other way, or None: 三天 -> 3天, 15元 -> 十五元, 2个小时 -> 两个小时, 20% -> 百分之二十. Only 1..99, and
+    never 一 -> 1 (一个 is often an article, not a count)."""
+    if match := _PERCENT.fullmatch(text):
+        if match["arabic"]:
+            value = int(match["arabic"])
+            return None if not 1 <= value <= 99 else f"百分之{chinese_number(value, counting=False)}{match['tail']}"
+        value = number_value(match["chinese"])
+        return None if value is None or not 1 <= value <= 99 else f"{value}%{match['tail']}"
+    match = _AMOUNT.fullmatch(text)
+    if match is None:
+        return None
+    value, number = number_value(match["number"]), match["number"]
+    if value is None or not 1 <= value <= 99 or (number.isascii() and number.startswith("0")):
+        return None
+    if number.isascii():
+        written = chinese_number(value)
+    elif value < 2:
+        return None
+    else:
+        written = str(value)
+    return f"{written}{match['unit']}{match['tail']}"
+
+
+def number_forms(span: str) -> tuple[str, ...]:
+    """The ways `span` may be written with the same value: itself, and its other number form if it has one."""
+    other = other_number_form(span)
+    return (span,) if other is None else (span, other)

@@ -46,6 +46,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                              "when an mT5 engine is loaded)")
     parser.add_argument("--sheet", help="xlsx: the sheet to read (default the first)")
     parser.add_argument("--exclude-original", action="store_true", help="augment: write only the variants")
+    parser.add_argument("--number-forms", action="store_true",
+                        help="augment: an amount may change how it is written, never its value (三天 <-> 3天)")
     parser.add_argument("--multi-label", action="store_true", help="classify: every label over --threshold")
     parser.add_argument("--threshold", type=float, help="classify --multi-label: a label's own probability to pass")
     for name, kind in (("num_return_sequences", int), ("max_length", int), ("temperature", float),
@@ -68,6 +70,7 @@ def options_of(args: argparse.Namespace) -> dict:
              "min_similarity", "max_similarity", "min_length_ratio", "max_length_ratio", "min_label_prob")
     options = {name: getattr(args, name) for name in names}
     options["multi_label"] = args.multi_label or None
+    options["number_forms"] = args.number_forms or None
     options["include_original"] = False if args.exclude_original else None
     return {name: value for name, value in options.items() if value is not None}
 

@@ -90,7 +90,7 @@ def _rows_short(job: Job, store: JobStore) -> Iterator[dict]:
         if result is not None and "skipped" not in result and len(result["variants"]) < want:
             dropped = {reason: n for reason, n in result["dropped"].items() if n}
             yield {"source_row": row, "text": _shown(job, values), "asked": want, "got": len(result["variants"]),
-                   "dropped": dropped}
+                   "reason": result.get("short_reason"), "dropped": dropped}
 
 
 def _rows_skipped(job: Job, store: JobStore) -> Iterator[dict]:

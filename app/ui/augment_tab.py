@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from app.errors import InvalidParameter, TextEmpty
-from app.gate import REASON_WORDS, Kept, Outcome, dropped_words
+from app.gate import REASON_WORDS, Kept, Outcome, dropped_words, short_words
 from app.params import NUM_RETURN_SEQUENCES_RANGE
 from app.service import Service
 from app.ui.controls import (
@@ -40,12 +40,12 @@ def format_markdown(original: str, variants: list[str]) -> str:
     return "\n".join(lines)
 
 
-def status_line(found: int, wanted: int, engine: str, elapsed_ms: float, dropped: dict[str, int] | None = None) -> str:
-    line = f"生成 {found} 条不同的结果（引擎 {engine}，耗时 {elapsed_ms:.0f} ms）"
-    if dropped and sum(dropped.values()):
-        line += f"；{dropped_words(dropped)}"
-    if found < wanted:
-        line += f"；只找到 {found} 条通过质量过滤、与原文不同且互不重复的结果，没有用重复结果凑数"
+def status_line(outcome: Outcome, engine: str, elapsed_ms: float) -> str:
+    """"生成 2 条不同的结果（…）；过滤 1 条：…；只生成 2 条（要 3 条）：…": what came, what was dropped, why fewer."""
+    line = f"生成 {len(outcome.kept)} 条不同的结果（引擎 {engine}，耗时 {elapsed_ms:.0f} ms）"
+    for said in (dropped_words(outcome.dropped_counts()), short_words(outcome)):
+        if said:
+            line += f"；{said}"
     return line
 
 
@@ -74,9 +74,9 @@ def rejected_markdown(outcomes: list[Outcome], originals: list[str]) -> str:
 
 
 async def on_augment(service: Service, text, engine, n, temperature, max_length, top_k, top_p, seed,
-                     quality_on=None, min_similarity=None, max_similarity=None, min_length_ratio=None,
+                     number_forms=False, quality_on=None, min_similarity=None, max_similarity=None, min_length_ratio=None,
                      max_length_ratio=None, min_label_prob=None, show_rejected=False, labels=None, text_label=None):
-    params = ui_params(n, temperature, max_length, top_k, top_p, seed)
+    params = ui_params(n, temperature, max_length, top_k, top_p, seed, number_forms)
     quality = ui_quality(service, quality_on, min_similarity, max_similarity, min_length_ratio, max_length_ratio,
                          min_label_prob, show_rejected)
     label_check = {}
@@ -88,8 +88,7 @@ async def on_augment(service: Service, text, engine, n, temperature, max_length,
     boxes = [gr.Textbox(value=kept.text, label=f"结果 {i}", info=figures(kept), visible=True)
              for i, kept in enumerate(outcome.kept, 1)]
     boxes += [gr.Textbox(value="", visible=False)] * (MAX_VARIANTS - len(boxes))
-    status = status_line(len(outcome.kept), params.num_return_sequences, result.engine, result.elapsed_ms,
-                         outcome.dropped_counts())
+    status = status_line(outcome, result.engine, result.elapsed_ms)
     if outcome.label_probability is not None:
         status += f"；原文属于「{(text_label or '').strip()}」的概率 {outcome.label_probability:.0%}"
     rejected = gr.Markdown(rejected_markdown(result.outcomes, [text.strip()]), visible=quality.return_rejected)
@@ -122,27 +121,27 @@ def write_csv(rows: list[list[str]]) -> Path:
 
 
 def table_rows(originals: list[str], labels: list[str | None], outcomes: list[Outcome]) -> list[list[str]]:
-    """A row per variant, and one for every input that got none, saying why: no input leaves the table."""
+    """A row per variant, and one for every input that got none, saying why: no input leaves the table. An input's
+    first row says why it has fewer variants than asked, and what the gate dropped."""
     rows = []
     for original, label, outcome in zip(originals, labels, outcomes):
-        dropped = dropped_words(outcome.dropped_counts())
+        why = "；".join(filter(None, (short_words(outcome), dropped_words(outcome.dropped_counts()))))
         if not outcome.kept:
-            why = f"没有结果：{dropped}" if dropped else "没有结果：引擎没有给出与原文不同的改写"
-            rows.append([original, label or "", "", "", why])
+            rows.append([original, label or "", "", "", why or "没有结果"])
             continue
         for index, kept in enumerate(outcome.kept):
             similarity = f"{kept.similarity:.2f}" if kept.similarity is not None else ""
-            rows.append([original, label or "", kept.text, similarity, dropped if index == 0 else ""])
+            rows.append([original, label or "", kept.text, similarity, why if index == 0 else ""])
     return rows
 
 
 async def on_augment_batch(service: Service, text, engine, n, temperature, max_length, top_k, top_p, seed,
-                           quality_on=None, min_similarity=None, max_similarity=None, min_length_ratio=None,
+                           number_forms=False, quality_on=None, min_similarity=None, max_similarity=None, min_length_ratio=None,
                            max_length_ratio=None, min_label_prob=None, show_rejected=False, labels=None):
     texts, text_labels = labelled_lines(text)
     if not texts:
         raise TextEmpty("请输入至少一行文本（每行一条）", field="texts")
-    params = ui_params(n, temperature, max_length, top_k, top_p, seed)
+    params = ui_params(n, temperature, max_length, top_k, top_p, seed, number_forms)
     quality = ui_quality(service, quality_on, min_similarity, max_similarity, min_length_ratio, max_length_ratio,
                          min_label_prob, show_rejected)
     label_check = {}
@@ -173,7 +172,7 @@ def build_single(service: Service, sessions: SessionWork) -> gr.Dropdown:
                       placeholder=f"输入一段中文（最多 {limits.max_text_chars} 字）")
     engine = engine_selector()
     with gr.Row():
-        controls = parameter_controls("生成数量")
+        controls = parameter_controls("生成数量", number_forms=True)
     quality = quality_controls(service, SINGLE_LABEL_HELP, text_label=True)
     running = run_controls("开始增强")
     variant_boxes = [gr.Textbox(label=f"结果 {i}", visible=False, interactive=False, buttons=["copy"])
@@ -185,6 +184,7 @@ def build_single(service: Service, sessions: SessionWork) -> gr.Dropdown:
     plain_text = gr.Textbox(visible=False)
     markdown_text = gr.Textbox(visible=False)
 
+    controls.follow(engine)
     running.wire(event(on_augment, service, sessions),
                  inputs=[text, engine, *controls.inputs(), *quality.inputs()],
                  outputs=[*variant_boxes, plain_text, markdown_text, running.status, rejected])
@@ -200,7 +200,7 @@ def build_batch(service: Service, sessions: SessionWork) -> gr.Dropdown:
     engine = engine_selector()
     with gr.Accordion("生成参数", open=True):
         with gr.Row():
-            controls = parameter_controls("每条生成数量")
+            controls = parameter_controls("每条生成数量", number_forms=True)
     quality = quality_controls(service, BATCH_LABEL_HELP, text_label=False)
     running = run_controls("批量增强")
     table = gr.Dataframe(headers=CSV_HEADERS, datatype=["str"] * len(CSV_HEADERS), interactive=False,
@@ -211,6 +211,7 @@ def build_batch(service: Service, sessions: SessionWork) -> gr.Dropdown:
     rejected = gr.Markdown(visible=False)
     table_text = gr.Textbox(visible=False)
 
+    controls.follow(engine)
     running.wire(event(on_augment_batch, service, sessions),
                  inputs=[text, engine, *controls.inputs(), *quality.inputs()],
                  outputs=[table, download, table_text, running.status, rejected])

@@ -40,7 +40,8 @@ COPY_JS = """(text) => {
 STOPPED_JS = "() => '已停止：本次请求已取消，不再占用模型'"
 CSS = ".dpp-banner {padding: 0.6em 1em; border-radius: 8px; background: var(--block-background-fill);}"
 
-ENGINE_LABELS = {"mt5": "mT5 模型", "mt5-ct2": "mT5 模型（CTranslate2 加速）", "lexical": "同义词替换（无需模型权重）"}
+LEXICAL = "lexical"
+ENGINE_LABELS = {"mt5": "mT5 模型", "mt5-ct2": "mT5 模型（CTranslate2 加速）", LEXICAL: "同义词替换（无需模型权重）"}
 DECODER_LABELS = {"fast, CUDA graphs": "自带解码循环 + CUDA Graphs", "fast": "自带解码循环",
                   "generate": "transformers generate"}
 
@@ -55,12 +56,28 @@ class ParameterControls:
     top_k: gr.Slider
     top_p: gr.Slider
     seed: gr.Textbox
+    number_forms: gr.Checkbox | None = None  # augmenting tabs only, passed last
 
     def inputs(self) -> list:
-        return [self.count, self.temperature, self.max_length, self.top_k, self.top_p, self.seed]
+        own = [self.number_forms] if self.number_forms is not None else []
+        return [self.count, self.temperature, self.max_length, self.top_k, self.top_p, self.seed, *own]
+
+    def follow(self, engine: gr.Dropdown) -> None:
+        """Show only the controls the chosen engine reads: the lexical engine has no token length or sampling
+        cut-offs (its temperature is the share of words changed)."""
+        engine.change(_sampling_controls, inputs=engine, outputs=[self.max_length, self.top_k, self.top_p],
+                      api_visibility="private", queue=False)
 
 
-def parameter_controls(count_label: str) -> ParameterControls:
+def _sampling_controls(engine: str | None):
+    return [gr.update(visible=engine != LEXICAL)] * 3
+
+
+NUMBER_FORMS_HELP = "如 三天 ↔ 3天、百分之二十 ↔ 20%，数值不变：同义词替换引擎会这样改写，质量过滤两种写法都接受"
+
+
+def parameter_controls(count_label: str, number_forms: bool = False) -> ParameterControls:
+    """The generation parameters' controls; with `number_forms`, the augmenting tabs' 数字写法可互换 too."""
     return ParameterControls(
         count=gr.Slider(*NUM_RETURN_SEQUENCES_RANGE, value=DEFAULTS.num_return_sequences, step=1, label=count_label),
         temperature=gr.Slider(*TEMPERATURE_RANGE, value=DEFAULTS.temperature, step=0.05, label="温度",
@@ -71,6 +88,7 @@ def parameter_controls(count_label: str) -> ParameterControls:
         top_p=gr.Slider(*TOP_P_RANGE, value=DEFAULTS.top_p, step=0.01, label="Top-P"),
         # A Textbox, not a Number: an empty Number reads as 0, which would seed every request.
         seed=gr.Textbox(value="", label="随机种子（可选）", placeholder="留空表示随机；填写整数后结果可复现"),
+        number_forms=gr.Checkbox(value=False, label="数字写法可互换", info=NUMBER_FORMS_HELP) if number_forms else None,
     )
 
 
@@ -86,10 +104,12 @@ def _seed(value) -> int | None:
         raise InvalidParameter(f"随机种子必须是整数（收到 {value!r}）", field="seed") from None
 
 
-def ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed) -> GenerationParams:
+def ui_params(num_return_sequences, temperature, max_length, top_k, top_p, seed,
+              number_forms=False) -> GenerationParams:
     """Parameters from the controls, in ParameterControls' order."""
     values = dict(num_return_sequences=num_return_sequences, max_length=max_length,
-                  temperature=temperature, top_k=top_k, top_p=top_p, seed=_seed(seed))
+                  temperature=temperature, top_k=top_k, top_p=top_p, seed=_seed(seed),
+                  number_forms=bool(number_forms))
     return params_from(values)
 
 
@@ -152,7 +172,7 @@ def ui_quality(service: Service, on, min_similarity, max_similarity, min_length_
 
 def engine_selector():
     return gr.Dropdown(label="引擎", choices=[], interactive=True,
-                       info="同义词替换引擎只用到 生成数量、温度（改动词语的比例）和随机种子")
+                       info="同义词替换引擎只用到 生成数量、温度（改动词语的比例）和随机种子，选中时其余参数隐藏")
 
 
 @dataclass(frozen=True)
@@ -179,7 +199,7 @@ def banner(service: Service) -> str:
     readiness = service.readiness()
     if readiness.ready:
         info = readiness.info
-        if info.get("engine") == "lexical":
+        if info.get("engine") == LEXICAL:
             line = f"✅ 当前引擎：**lexical**（同义词替换，无需模型权重）· 词表：{info.get('model')}"
         else:
             line = (f"✅ 当前引擎：**{info.get('engine')}** · 设备 {info.get('device')} · "

@@ -74,14 +74,14 @@ def show_kind(kind: str):
 
 
 def job_options(kind, text_col, label_col, sheet, engine, n, temperature, max_length, top_k, top_p, seed,
-                include_original, quality_on, label_check, labels, multi_label, threshold) -> dict:
+                number_forms, include_original, quality_on, label_check, labels, multi_label, threshold) -> dict:
     """The options `Jobs.submit` takes (POST /jobs's fields), from the tab's controls."""
     if not text_col:
         raise InvalidParameter("请选择文本列（上传文件后从下拉框里选）", field="text_col")
     options = {"kind": kind, "text_col": text_col, "label_col": None if label_col in (None, "", NONE_LABEL) else label_col,
                "sheet": sheet or None, "engine": engine or None}
     if kind == "augment":
-        params = ui_params(n, temperature, max_length, top_k, top_p, seed)
+        params = ui_params(n, temperature, max_length, top_k, top_p, seed, number_forms)
         options.update({name: getattr(params, name) for name in PUBLIC_FIELDS})
         options.update(include_original=bool(include_original), quality="on" if quality_on else "off",
                        label_check=label_check or "auto")
@@ -178,7 +178,8 @@ def build(jobs: Jobs, sessions: SessionWork, page: gr.Blocks) -> gr.Dropdown:
         engine = engine_selector()
     with gr.Column(visible=True) as augment_box:
         with gr.Row():
-            controls = parameter_controls("每行生成数量")
+            controls = parameter_controls("每行生成数量", number_forms=True)
+            controls.follow(engine)
         with gr.Row():
             quality_on = gr.Checkbox(value=jobs.service.gate_defaults.on, label="启用质量过滤",
                                      info="关闭后只去掉完全重复的结果")

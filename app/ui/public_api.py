@@ -43,7 +43,8 @@ async def augment(service: Service, text: str, num_return_sequences: int = DEFAU
                   engine: str | None = None, quality: str | None = None, min_similarity: float | None = None,
                   max_similarity: float | None = None, min_length_ratio: float | None = None,
                   max_length_ratio: float | None = None, labels: list[str] | str | None = None,
-                  label: str | None = None, min_label_prob: float | None = None) -> list[str]:
+                  label: str | None = None, min_label_prob: float | None = None,
+                  number_forms: bool = False) -> list[str]:
     """Return distinct augmented variants of one text, each through the quality gate (see /augment_report
     for the gate's figures)."""
     params, gated = _split(locals())
@@ -58,7 +59,7 @@ async def augment_report(service: Service, text: str, num_return_sequences: int 
                          max_similarity: float | None = None, min_length_ratio: float | None = None,
                          max_length_ratio: float | None = None, labels: list[str] | str | None = None,
                          label: str | None = None, min_label_prob: float | None = None,
-                         return_rejected: bool = False) -> dict:
+                         return_rejected: bool = False, number_forms: bool = False) -> dict:
     """/augment's variants with the quality gate's figures, as REST's /augment answers them: variants (text,
     similarity, label_probability), dropped (by reason), rejected (with return_rejected)."""
     params, gated = _split(locals())
@@ -75,14 +76,14 @@ async def augment_batch(service: Service, texts: list[str], num_return_sequences
                         max_similarity: float | None = None, min_length_ratio: float | None = None,
                         max_length_ratio: float | None = None, labels: list[str] | str | None = None,
                         text_labels: list[str | None] | None = None,
-                        min_label_prob: float | None = None) -> list[list[str]]:
+                        min_label_prob: float | None = None, number_forms: bool = False) -> list[list[str]]:
     """Return, per text and in input order, its augmented variants, each through the quality gate."""
     params, gated = _split(locals())
     texts = _checked_strings(texts, "texts")
     return (await _augmented(service, texts, "texts", text_labels, params, gated)).variants
 
 
-_PARAMS = ("num_return_sequences", "temperature", "max_length", "top_k", "top_p", "seed")
+_PARAMS = ("num_return_sequences", "temperature", "max_length", "top_k", "top_p", "seed", "number_forms")
 
 
 def _split(values: dict) -> tuple[dict, dict]:
