@@ -18,6 +18,7 @@ from app.errors import NeedsMT5
 from app.gate import TextGate, defaults
 from app.params import GenerationParams
 from app.settings import Settings
+from tests.conftest import ROOT
 
 DATA = Path(__file__).parent / "data"
 
@@ -329,3 +330,15 @@ def test_coordinated_nouns_may_swap_places(engine_knowing, text, reordered):
 ])
 def test_nouns_whose_order_carries_meaning_stay_in_place(engine_knowing, text):
     assert engine_knowing("").generate([text], GenerationParams(num_return_sequences=10, seed=1)) == [[]]
+
+
+def test_the_rules_check_tool_counts_where_each_rule_fires(tmp_path, engine):
+    sentences_file = tmp_path / "sentences.tsv"
+    sentences_file.write_text("客服\t衣服穿着很舒服，客服回复也很及时。\n客服\t快递员把包裹放在门口就走了。\n", "utf-8")
+    done = subprocess.run([sys.executable, "-m", "app.engines.rules", "check", str(sentences_file)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("\t") for line in done.stdout.splitlines()]
+    assert len(rows) == len(engine.rules)
+    fired = {(row[1], row[3]): int(row[-1]) for row in rows}
+    assert fired[("很", "非常 特别")] == 2 and fired[("把", "将")] == 1 and fired[("但是", "但 不过 可是")] == 0

@@ -198,7 +198,7 @@ def _reviewed_lines(reviewed_file: Path):
 
 
 def _judged(reviewed_file: Path):
-    """(line number, word, tag, [(synonym, added, why it is dropped or None)]) for each reviewed line."""
+    """(line number, word, tag, [(synonym, added, why it is dropped or None)], context) for each reviewed line."""
     groups = cilin_groups()
     together, dictionary = _shared_groups(groups), _Dictionary(groups)
     for number, word, tag, candidates, context in _reviewed_lines(reviewed_file):

@@ -11,7 +11,7 @@ The rules are data: app/data/rules_reviewed.tsv, one rule per line,
 
     word<TAB>jieba tag (a prefix, or * for any)<TAB>replacements (space separated)<TAB>context<TAB>note
 
-    python -m app.engines.rules check [FILE]      # load the file and say what each rule matched
+    python -m app.engines.rules check SENTENCES   # each rule, and on how many words of the file it fires
 """
 
 from __future__ import annotations
