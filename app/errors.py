@@ -116,6 +116,12 @@ class ModelUnavailable(DppError):
     status, code = 503, "model_unavailable"
 
 
+class StoreUnavailable(DppError):
+    """The job store cannot be read or written (the server's data directory): the operator's to fix."""
+
+    status, code = 503, "store_unavailable"
+
+
 class EngineContractError(DppError):
     """An engine broke the protocol: a bug on our side, never the client's."""
 

@@ -291,7 +291,8 @@ JOB_ERRORS = {
     422: "the file or a field is invalid: file_invalid, invalid_parameter, labels_invalid, text_too_long, "
          "work_too_large, engine_unavailable (field names which)",
     500: ERROR_CODES[500],
-    503: "needs_mt5: classify or the label check asked of the lexical engine alone",
+    503: "needs_mt5: classify or the label check asked of the lexical engine alone; store_unavailable: the job "
+         "store under --data-dir cannot be read or written (the server's to fix)",
 }
 NOT_READY = _answer({"status": {"enum": ["loading", "unavailable", "draining"]}, "reason": _NULLABLE_STRING})
 
@@ -319,9 +320,9 @@ def _declare_job_route(path: str, method: str, operation: dict, form: dict) -> N
         operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {"schema": form}}}
         errors = (400, 413, 422, 500, 503)
     elif path == "/jobs":
-        errors = (500,)
+        errors = (500, 503)
     else:
-        errors = (404, 422, 500) if path.endswith("/result") else (404, 500)
+        errors = (404, 422, 500, 503) if path.endswith("/result") else (404, 500, 503)
     if path.endswith("/result"):
         for parameter in operation["parameters"]:
             if parameter["name"] == "format":

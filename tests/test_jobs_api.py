@@ -225,3 +225,23 @@ def test_a_job_killed_9_midway_resumes_on_restart_and_equals_an_uninterrupted_ru
         assert resumed["counts"] == straight["counts"]
     finally:
         second.stop()
+
+
+def test_a_data_directory_that_cannot_be_written_is_a_503_that_says_whom_to_ask(tiny_models, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file where the data directory should be", "utf-8")
+    live = start_server(tmp_path, "--model-dir", str(tiny_models["huggingface"]), "--engine", "lexical",
+                        "--data-dir", str(occupied / "data"))
+    try:
+        path = tmp_path / "small.csv"
+        path.write_text("text\n今天天气很好。\n", "utf-8")
+        response = submit(live.url, path, text_col="text")
+        error = response.json()["error"]
+        assert response.status_code == 503 and error["code"] == "store_unavailable"
+        assert "--data-dir" in error["message"] and str(tmp_path) not in error["message"]
+        assert requests.get(live.url + "/jobs", timeout=10).json() == {"jobs": []}
+        assert requests.get(live.url + "/jobs/0123456789abcdef", timeout=10).status_code == 404
+        assert requests.get(live.url + "/healthz", timeout=10).status_code == 200
+        assert "the job store" in live.log_text() and "Traceback" not in live.log_text()
+    finally:
+        live.stop()

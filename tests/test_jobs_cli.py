@@ -133,3 +133,14 @@ def test_a_lexical_run_with_number_forms_rewrites_amounts_and_the_report_says_wh
     report = json.loads(output.with_name("out.report.json").read_text("utf-8"))
     short = {entry["source_row"]: entry["reason"] for entry in report["rows_short"]}
     assert short[2] == "no_rewritable_words" and short.get(1) in (None, "few_rewritable_words")
+
+
+def test_a_data_directory_that_cannot_be_written_exits_1_naming_it(tiny_models, tmp_path, source):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("a file where the data directory should be", "utf-8")
+    command = [sys.executable, "-m", "app.jobs", "augment", str(source), "-o", str(tmp_path / "out.csv"), *AUGMENT,
+               "--model-dir", str(tiny_models["huggingface"]), "--data-dir", str(occupied / "data"),
+               "--log-dir", str(tmp_path / "logs")]
+    failed = subprocess.run(command, cwd=ROOT, env=server_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert failed.returncode == 1 and "--data-dir" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (tmp_path / "out.csv").exists()

@@ -66,7 +66,7 @@ def test_every_status_a_route_can_answer_is_documented_with_the_error_body(schem
         "augment", "classify"]
     assert form["properties"]["num_return_sequences"]["maximum"] == 10
     assert set(submit["responses"]) == {"202", "400", "413", "422", "500", "503"}
-    assert set(schema["paths"]["/jobs/{job_id}"]["get"]["responses"]) == {"200", "404", "500"}
+    assert set(schema["paths"]["/jobs/{job_id}"]["get"]["responses"]) == {"200", "404", "500", "503"}
     result = schema["paths"]["/jobs/{job_id}/result"]["get"]
     assert set(result["responses"]["200"]["content"]) == {"text/csv", "application/x-ndjson",
                                                          "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"}

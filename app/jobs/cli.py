@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from app.errors import DppError
+from app.errors import DppError, StoreUnavailable
 from app.jobs.export import OUTPUT_FORMATS, write_result
 from app.jobs.manager import Jobs
 from app.jobs.runner import JobStopped
@@ -145,6 +145,10 @@ def main(argv: list[str]) -> int:
             job = asyncio.run(run_with_bar(jobs, job))
     except JobStopped:
         print(f"error: job {job.id} was cancelled or deleted while it ran", file=sys.stderr)
+        return 1
+    except StoreUnavailable as exc:
+        print(f"error: {exc.__cause__}: the job store under --data-dir {settings.data_dir} cannot be used",
+              file=sys.stderr)
         return 1
     except DppError as exc:
         where = f" ({exc.field})" if exc.field else ""

@@ -8,12 +8,24 @@ and the job is queued; the runner takes it from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import logging
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.errors import DppError, InvalidParameter, LabelsInvalid, NeedsMT5, NotFound, NotReady, TextTooLong
+from app.errors import (
+    DppError,
+    InvalidParameter,
+    LabelsInvalid,
+    NeedsMT5,
+    NotFound,
+    NotReady,
+    StoreUnavailable,
+    TextTooLong,
+)
 from app.jobs import results
 from app.jobs.formats import FileInvalid, Table, open_table, require_column
 from app.jobs.runner import JobRunner, label_of, text_of
@@ -21,6 +33,11 @@ from app.jobs.spec import AUGMENT_COLUMNS, CLASSIFY_COLUMNS, OPTION_FIELDS, PROB
 from app.jobs.store import Job, JobStore
 from app.service import CLASSIFICATION, Service
 from app.settings import Settings
+
+
+log = logging.getLogger(__name__)
+
+STORE_UNAVAILABLE = "文件任务暂不可用：任务存储无法读写（数据目录 --data-dir），请联系管理员查看服务日志"
 
 
 class Jobs:
@@ -56,9 +73,21 @@ class Jobs:
             return self._settled(spec, seen)
 
         job_id = secrets.token_hex(8)
-        job = self.store.create(job_id, spec, Path(filename).name[:200], table.columns, rows, owner, settle, origin)
+        with self._store():
+            job = self.store.create(job_id, spec, Path(filename).name[:200], table.columns, rows, owner, settle,
+                                    origin)
         self.runner_wake()
         return job
+
+    @contextlib.contextmanager
+    def _store(self) -> Iterator[None]:
+        """The store failing (an unwritable or full data directory, a damaged database) is the server's fault: a
+        503 that says whom to ask, the cause in the log."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            log.error("the job store %s cannot be used: %s: %s", self.store.path, type(exc).__name__, exc)
+            raise StoreUnavailable(STORE_UNAVAILABLE) from exc
 
     def runner_wake(self) -> None:
         """Tell the runner a job is queued (from any thread)."""
@@ -147,25 +176,30 @@ class Jobs:
     # --- watching and stopping ----------------------------------------------------------------------
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        job = self.store.get(job_id)
+        with self._store():
+            job = self.store.get(job_id)
         if job is None or (owner is not None and job.owner != owner):
             raise NotFound(f"没有编号为 {job_id[:40]} 的任务", field="id")
         return job
 
     def list(self, owner: str | None = None) -> list[Job]:
-        return self.store.list(owner)
+        with self._store():
+            return self.store.list(owner)
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Stop a queued or running job; its results so far stay readable. A finished job is left as it is."""
         job = self.get(job_id, owner)
-        if self.store.finish(job.id, "cancelled", "已取消"):
+        with self._store():
+            cancelled = self.store.finish(job.id, "cancelled", "已取消")
+        if cancelled:
             self._stop(job.id)
         return self.get(job_id, owner)
 
     def delete(self, job_id: str, owner: str | None = None) -> None:
         job = self.get(job_id, owner)
         self._stop(job.id)
-        self.store.delete(job.id)
+        with self._store():
+            self.store.delete(job.id)
 
     def _stop(self, job_id: str) -> None:
         if self.loop is not None:
