@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -70,13 +71,17 @@ class Lexicon:
 
     def candidates(self, word: str, tag: str) -> tuple[str, ...]:
         """Reviewed synonyms of `word` used with part of speech `tag`, in some context; none for other uses."""
-        return tuple(dict.fromkeys(s for entry in self._entries(word, tag) for s in entry.synonyms))
+        return _synonyms(self._entries(word, tag))
 
     def candidates_at(self, tokens: list[Token], index: int) -> tuple[str, ...]:
         """Reviewed synonyms of the word at `index` of `tokens` that hold where it stands."""
         token = tokens[index]
-        return tuple(dict.fromkeys(s for entry in self._entries(token.text, token.tag)
-                                   if entry.context.holds(tokens, index) for s in entry.synonyms))
+        return _synonyms(entry for entry in self._entries(token.text, token.tag) if entry.context.holds(tokens, index))
+
+
+def _synonyms(entries: Iterable[Entry]) -> tuple[str, ...]:
+    """The entries' synonyms, in order, each once."""
+    return tuple(dict.fromkeys(synonym for entry in entries for synonym in entry.synonyms))
 
 
 def cilin_groups() -> list[tuple[str, tuple[str, ...]]]:

@@ -17,6 +17,7 @@ The rules are data: app/data/rules_reviewed.tsv, one rule per line,
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,16 +50,19 @@ class Rules:
     by_word: dict[str, tuple[Rule, ...]]
     source: str
 
+    def __iter__(self) -> Iterator[Rule]:
+        return (rule for rules in self.by_word.values() for rule in rules)
+
     def __len__(self) -> int:
         return sum(map(len, self.by_word.values()))
 
+    def applying(self, tokens: list[Token], index: int) -> Iterator[Rule]:
+        """The rules that apply to the word at `index` of `tokens`, in file order."""
+        return (rule for rule in self.by_word.get(tokens[index].text, ()) if rule.applies(tokens, index))
+
     def replacements(self, tokens: list[Token], index: int) -> tuple[str, ...]:
         """What may replace the word at `index` here, by every rule that applies (in file order, no repeats)."""
-        found: dict[str, None] = {}
-        for rule in self.by_word.get(tokens[index].text, ()):
-            if rule.applies(tokens, index):
-                found.update(dict.fromkeys(rule.replacements))
-        return tuple(found)
+        return tuple(dict.fromkeys(word for rule in self.applying(tokens, index) for word in rule.replacements))
 
 
 NO_RULES = Rules({}, "no rules")
@@ -106,13 +110,11 @@ def main() -> None:
         sentence = line.split("\t")[-1]
         tokens = engine.tokens(sentence)
         for index in range(len(tokens)):
-            for rule in engine.rules.by_word.get(tokens[index].text, ()):
-                if rule.applies(tokens, index):
-                    counts[rule.line] = counts.get(rule.line, 0) + 1
-    for rules in engine.rules.by_word.values():
-        for rule in rules:
-            print(f"{rule.line}\t{rule.word}\t{rule.tag}\t{' '.join(rule.replacements)}\t{rule.context}\t"
-                  f"{counts.get(rule.line, 0)}")
+            for rule in engine.rules.applying(tokens, index):
+                counts[rule.line] = counts.get(rule.line, 0) + 1
+    for rule in engine.rules:
+        print(f"{rule.line}\t{rule.word}\t{rule.tag}\t{' '.join(rule.replacements)}\t{rule.context}\t"
+              f"{counts.get(rule.line, 0)}")
 
 
 if __name__ == "__main__":

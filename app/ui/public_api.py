@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.errors import InvalidParameter
-from app.params import DEFAULTS
+from app.params import DEFAULTS, PUBLIC_FIELDS
 from app.gate import GATE_FIELDS, GateParams
 from app.service import AugmentResult, Service
 from app.ui.controls import ui_params
@@ -83,12 +83,9 @@ async def augment_batch(service: Service, texts: list[str], num_return_sequences
     return (await _augmented(service, texts, "texts", text_labels, params, gated)).variants
 
 
-_PARAMS = ("num_return_sequences", "temperature", "max_length", "top_k", "top_p", "seed", "number_forms")
-
-
 def _split(values: dict) -> tuple[dict, dict]:
     """A handler's arguments as generation params and the gate's (with engine and labels)."""
-    params = {name: values[name] for name in _PARAMS}
+    params = {name: values[name] for name in PUBLIC_FIELDS}
     gated = {name: values.get(name) for name in (*GATE_FIELDS, "engine", "labels")}
     return params, gated
 
