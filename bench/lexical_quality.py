@@ -4,9 +4,10 @@
     (a person marks each line of bench/results/lexical_quality_blind.tsv: ok or bad in column 4)
     .venv/bin/python -m bench.lexical_quality score   # joins the marks back, writes the table
 
-Three sentence sets: the fixed test set (tests/data/lexical_sentences.tsv) and two held-out sets written by
+Four sentence sets: the fixed test set (tests/data/lexical_sentences.tsv) and three held-out sets written by
 readers who never saw the lexicon or the rules (tests/data/lexical_heldout.tsv; lexical_heldout2.tsv, written
-for the rules' issue). The rules were developed on tests/data/lexical_dev.tsv and the fixed set only.
+for the rules' issue; lexical_heldout3.tsv, written for its second round, after held-out 2 had been measured).
+The rules were developed on tests/data/lexical_dev.tsv and the fixed set only.
 The reader sees original and variant only, in shuffled order, never which system made it.
 """
 
@@ -23,7 +24,8 @@ BLIND = RESULTS / "lexical_quality_blind.tsv"
 KEY = RESULTS / "lexical_quality_key.json"
 TABLE = RESULTS / "lexical_quality.md"
 SETS = {"fixed": SENTENCES, "held-out": SENTENCES.with_name("lexical_heldout.tsv"),
-        "held-out 2": SENTENCES.with_name("lexical_heldout2.tsv")}
+        "held-out 2": SENTENCES.with_name("lexical_heldout2.tsv"),
+        "held-out 3": SENTENCES.with_name("lexical_heldout3.tsv")}
 SEED = 1
 
 
@@ -83,10 +85,12 @@ def score() -> None:
             "read": len(read), "ok": ok, "ok_share": ok / len(read) if read else 0.0,
             "no_variant": len(rows) - len(read), **key["coverage"][system][name]}
     table = ["# Lexical variants read blind", "",
-             f"One variant per sentence (seed {SEED}) from each system, on three sets: "
-             "`tests/data/lexical_sentences.tsv` (fixed), `tests/data/lexical_heldout.tsv` and "
-             "`tests/data/lexical_heldout2.tsv` (held-out: written by readers who had not seen the lexicon or the "
-             "rules, which were developed on `lexical_dev.tsv` and the fixed set). All lines were shuffled together "
+             f"One variant per sentence (seed {SEED}) from each system, on four sets: "
+             "`tests/data/lexical_sentences.tsv` (fixed), `tests/data/lexical_heldout.tsv`, "
+             "`tests/data/lexical_heldout2.tsv` and `tests/data/lexical_heldout3.tsv` (held-out: written by readers "
+             "who had not seen the lexicon or the rules, which were developed on `lexical_dev.tsv` and the fixed set; "
+             "held-out 3 was written after the first round had been measured on held-out 2). All lines were "
+             "shuffled together "
              "and read without knowing the system; "
              "ok = same meaning and natural Chinese. The reader was a separate AI reviewer agent given only "
              "this file; a human spot-check is still to be done. Sentences where a system gave no variant are counted "

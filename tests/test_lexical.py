@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings as hypothesis_settings, strategies as st
 
-from app.engines.lexical import NUMBER, REORDER, RULE, LexicalEngine, changed_share
+from app.engines.lexical import NUMBER, REORDER, RULE, Edit, LexicalEngine, changed_share
 from app.engines.lexicon import cilin_groups, load_lexicon, part_of_speech, tag_parts_of_speech
 from app.engines.protect import other_number_form, split_protected
 from app.engines.rules import RulesError, load_rules
@@ -180,6 +180,17 @@ def test_a_synonym_with_a_context_is_not_used_in_the_collocation_it_names(tmp_pa
     params = GenerationParams(num_return_sequences=3, seed=1)
     assert [v.text for v in engine.propose("我们要提高效率。", params)] == ["我们要提升效率。"]
     assert engine.propose("我们要提高警惕。", params) == []
+
+
+def test_a_rule_may_delete_a_word_that_only_sets_the_tone(tmp_path):
+    rules = tmp_path / "rules.tsv"
+    rules.write_text("一下\tm\t∅\tprev_tag=v\n", encoding="utf-8")
+    (no_synonyms := tmp_path / "synonyms.tsv").write_text("", encoding="utf-8")
+    engine = LexicalEngine(no_synonyms, rules)
+    [variant] = engine.propose("请提供一下订单号。", GenerationParams(num_return_sequences=3, seed=1))
+    assert variant.text == "请提供订单号。"
+    assert variant.edits == (Edit("一下", "", "m", RULE),)
+    assert engine.propose("一下子就到了。", GenerationParams(num_return_sequences=3, seed=1)) == []
 
 
 @pytest.mark.parametrize("line, problem", [

@@ -25,6 +25,7 @@ _SIDES = {"next": 1, "prev": -1, "next2": 2, "prev2": -2}  # where the neighbour
 class Token:
     text: str
     tag: str  # jieba's tag; "x" for punctuation, "m" for any other protected span
+    protected: bool = False  # a protected span (a number, a date, a quote...): never rewritten
 
 
 class ContextError(ValueError):

@@ -136,7 +136,8 @@ class LexicalEngine:
         tokens: list[Token] = []
         for piece, protected in split_protected(text):
             if protected:
-                tokens.append(Token(piece, BOUNDARY if all(_is_punctuation(c) for c in piece) else PROTECTED))
+                punctuation = all(_is_punctuation(c) for c in piece)
+                tokens.append(Token(piece, BOUNDARY if punctuation else PROTECTED, protected=True))
                 continue
             for pair in self._cut(piece):
                 tokens.extend(self._halves(pair.word, pair.flag))
@@ -158,9 +159,10 @@ class LexicalEngine:
     def _slots(self, tokens: list[Token], number_forms: bool = False) -> list[_Slot]:
         slots = []
         for i, token in enumerate(tokens):
-            if token.tag == PROTECTED:
-                if number_forms and (other := other_number_form(token.text)):
-                    slots.append(_Slot(i, token.text, PROTECTED, (other,), kind=NUMBER))
+            if token.tag == PROTECTED and number_forms and (other := other_number_form(token.text)):
+                slots.append(_Slot(i, token.text, PROTECTED, (other,), kind=NUMBER))
+                continue
+            if token.protected:
                 continue
             synonyms = self._lexicon.candidates_at(tokens, i)
             rewrites = tuple(r for r in self.rules.replacements(tokens, i) if r not in synonyms)

@@ -11,6 +11,9 @@ The rules are data: app/data/rules_reviewed.tsv, one rule per line,
 
     word<TAB>jieba tag (a prefix, or * for any)<TAB>replacements (space separated)<TAB>context<TAB>note
 
+A replacement written ∅ deletes the word (提供一下订单号 -> 提供订单号): for words whose presence changes only the
+tone, never the meaning.
+
     python -m app.engines.rules check SENTENCES   # each rule, and on how many words of the file it fires
 """
 
@@ -25,6 +28,7 @@ from app.engines.context import ANYWHERE, Context, ContextError, Token, parse_co
 from app.engines.lexicon import LexiconError
 
 ANY_TAG = "*"
+DELETED = "∅"  # the replacement that deletes the word
 
 
 class RulesError(LexiconError):
@@ -87,7 +91,7 @@ def load_rules(path: Path) -> Rules:
             context = parse_context(written) if written.strip() else ANYWHERE
         except ContextError as exc:
             raise RulesError(f"{path}:{number}: {exc}") from None
-        options = tuple(dict.fromkeys(replacements.split()))
+        options = tuple(dict.fromkeys("" if option == DELETED else option for option in replacements.split()))
         if not word or not tag or not options or word in options:
             raise RulesError(f"{path}:{number}: a rule needs a word, a tag and replacements other than the word")
         by_word.setdefault(word, []).append(Rule(word, tag, options, context, number))
@@ -113,7 +117,8 @@ def main() -> None:
             for rule in engine.rules.applying(tokens, index):
                 counts[rule.line] = counts.get(rule.line, 0) + 1
     for rule in engine.rules:
-        print(f"{rule.line}\t{rule.word}\t{rule.tag}\t{' '.join(rule.replacements)}\t{rule.context}\t"
+        written = " ".join(option or DELETED for option in rule.replacements)
+        print(f"{rule.line}\t{rule.word}\t{rule.tag}\t{written}\t{rule.context}\t"
               f"{counts.get(rule.line, 0)}")
 
 
