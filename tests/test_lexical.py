@@ -157,11 +157,16 @@ def test_every_rule_edit_is_a_reviewed_rule_of_that_word_applied_where_its_conte
     ("请问可以开发票吗？", "可以", {"能"}),  # 能够 is ability, not permission
     ("付款前请确认收货地址。", "前", {"之前", "以前"}),
     ("该活动已于昨天结束。", "该", {"此"}),
-    ("耳机音质还可以，就是降噪一般。", "可以", set()),  # 还可以 is "OK", not "can"
+    ("耳机音质还可以，就是降噪一般。", "可以", {"行"}),  # 还可以 is "OK" (还行), never "can" (能, 可)
     ("发货了吗？还没有。", "没有", set()),  # a final 没有 stays
-    ("特别是老人和孩子要注意保暖。", "特别", set()),  # 特别是 is "especially"
+    ("特别是老人和孩子要注意保暖。", "特别", {"尤其"}),  # 特别是 is "especially" (尤其是), not a degree (非常)
     ("该活动已于昨天结束。", "已", set()),  # 已于 is a set formal phrase
     ("门前停着一辆车。", "前", set()),  # a place, not a time
+    ("您的快递已到驿站，请及时取件。", "已", {"已经"}),  # before a one-character verb too
+    ("该活动将于3月1日结束。", "于", {"在"}),  # a time before the verb
+    ("他毕业于2010年。", "于", set()),  # never after the verb
+    ("请提供一下您的订单号。", "一下", {""}),  # a tone word that may go
+    ("提前还款会影响征信吗？", "会", set()),  # 将 in a question is not Chinese
 ])
 def test_rules_apply_in_their_contexts_and_never_outside_them(engine, sentence, word, rewrites):
     tokens = engine.tokens(sentence)
@@ -180,6 +185,17 @@ def test_a_synonym_with_a_context_is_not_used_in_the_collocation_it_names(tmp_pa
     params = GenerationParams(num_return_sequences=3, seed=1)
     assert [v.text for v in engine.propose("我们要提高效率。", params)] == ["我们要提升效率。"]
     assert engine.propose("我们要提高警惕。", params) == []
+
+
+@pytest.mark.parametrize("sentence, word", [
+    ("多喝水，注意休息。", "注意"),  # 留意休息 is not Chinese
+    ("居民消费价格同比上涨2%。", "价格"),  # CPI is 消费价格, never 消费价钱
+    ("请到处置室换药。", "处置"),  # a treatment room, not 处理室
+    ("国家统计局公布，居民人均可支配收入同比增长6.3%。", "增长"),  # the statistics' own word
+])
+def test_shipped_synonyms_keep_out_of_the_terms_they_would_break(engine, sentence, word):
+    variants = engine.propose(sentence, GenerationParams(num_return_sequences=10, temperature=2.0, seed=1))
+    assert all(edit.word != word for variant in variants for edit in variant.edits), [v.text for v in variants]
 
 
 def test_a_rule_may_delete_a_word_that_only_sets_the_tone(tmp_path):
