@@ -92,8 +92,8 @@ def score() -> None:
              "held-out 3 was written after the first round had been measured on held-out 2). All lines were "
              "shuffled together "
              "and read without knowing the system; "
-             "ok = same meaning and natural Chinese. The reader was a separate AI reviewer agent given only "
-             "this file; a human spot-check is still to be done. Sentences where a system gave no variant are counted "
+             "ok = same meaning and natural Chinese. The readers were two separate AI agents, each given only "
+             "half of the lines to mark (original and variant); a human spot-check is still to be done. Sentences where a system gave no variant are counted "
              f"apart, not as ok. Coverage: share of sentences with at least 1 and at least "
              f"{VARIANTS} distinct variants when {VARIANTS} are asked for.", "",
              "| system | set | ok share | ok / read | no variant | ≥1 variant | "
