@@ -20,9 +20,11 @@ def parse_flags(argv: list[str]) -> dict:
                "Launcher-only flags: --setup-only (prepare .venv and exit), --dev (also install test packages).",
     )
     for f in setting_fields():
+        if f.metadata["secret"]:
+            continue  # environment only
         flag = "--" + f.name.replace("_", "-")
         default = default_of(f)
-        text = f"{f.metadata['help']} (env {env_name(f.name)}, default {default})"
+        text = f"{f.metadata['help']} (env {env_name(f.name)}, default {'off' if default is None else default})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_const", const=True, default=None, help=text)
         else:
@@ -65,12 +67,13 @@ def main(argv: list[str]) -> int:
 
     from app.logs import configure_logging
     from app.server import DrainingServer, create_app
+    from app.auth import KeysError
     from app.tasks import TemplatesError
 
     log_file = configure_logging(settings.log_dir, settings.log_level)
     try:
         app = create_app(settings)
-    except TemplatesError as exc:
+    except (TemplatesError, KeysError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)

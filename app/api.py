@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from app import api_jobs
 from app.api_errors import UTF8JSONResponse, install_error_handling
+from app.auth import ApiKeys, RequireKey
 from app.errors import MethodNotAllowed, RequestCancelled
 from app.gate import GATE_FIELDS, GateParams
 from app.logs import request_id
@@ -260,9 +261,12 @@ def install_index(app: FastAPI) -> None:
     app.add_api_route("/", show_index, methods=["GET"], include_in_schema=False)
 
 
-def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = ()) -> None:
+def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = (), keys: ApiKeys | None = None) -> None:
     """Add the routes (the file jobs' among them), the error handling and the request middleware to `app`;
-    `page_uploads`: the page's upload routes, which take a job's file too."""
+    `page_uploads`: the page's upload routes, which take a job's file too; `keys`: the API keys every request but
+    the probes must carry (None: open)."""
+    if keys is not None:
+        app.add_middleware(RequireKey, keys=keys)  # before the request context, which then wraps it
     app.include_router(router)
     app.include_router(api_jobs.router)
     # The page is mounted at "/", which would answer a wrong method on an API path with its 404.

@@ -66,6 +66,11 @@ class NotFound(DppError):
     status, code = 404, "not_found"
 
 
+class Unauthorized(DppError):
+    status, code = 401, "unauthorized"
+    headers = {"WWW-Authenticate": 'Bearer realm="dpp"'}
+
+
 class MethodNotAllowed(DppError):
     status, code = 405, "method_not_allowed"
 

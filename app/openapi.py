@@ -11,6 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from app.auth import OPEN_PATHS
 from app.checks import SPACE, label_pattern, labels_string_pattern
 from app.gate import GATE_FIELDS, REASONS, SHORT_REASONS
 from app.jobs.export import MEDIA_TYPES, OUTPUT_FORMATS
@@ -359,6 +360,22 @@ def _declare(schema: dict, settings: Settings, service: Service) -> None:
                 responses["503"] = _json(NOT_READY, "not ready: loading, unavailable (reason) or draining")
             operation["responses"] = responses
     schema.get("components", {}).pop("schemas", None)  # the pydantic models' own, replaced above
+    if settings.api_keys_file is not None or settings.api_key:
+        _declare_keys(schema)
+
+
+def _declare_keys(schema: dict) -> None:
+    """With API keys on: how to send one, and the 401 of every route but the probes."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API 密钥>"},
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    }
+    for path, operations in schema["paths"].items():
+        if path in OPEN_PATHS:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}, {"apiKey": []}]
+            operation["responses"]["401"] = _json(ERROR_BODY, "unauthorized: no API key, or a wrong one")
 
 
 def install_openapi(app: FastAPI, settings: Settings, service: Service) -> None:

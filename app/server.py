@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app import api
 from app.api_errors import UTF8JSONResponse
+from app.auth import load_keys
 from app.engines import engines_to_load, load_engine
 from app.jobs.manager import Jobs
 from app.openapi import install_openapi
@@ -32,7 +33,8 @@ PAGE_UPLOAD_PATH = "/gradio_api/upload"
 
 
 def create_app(settings: Settings) -> FastAPI:
-    """Build one app; the model loads in a thread so /healthz and the page answer meanwhile."""
+    """Build one app; the model loads in a thread so /healthz and the page answer meanwhile. Raises KeysError
+    when the API keys cannot be read."""
     service = Service(settings, load_templates(settings.templates_file))
     jobs = Jobs(service, settings)
 
@@ -53,7 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.jobs = jobs
-    api.install(app, settings, page_uploads=() if settings.no_ui else (PAGE_UPLOAD_PATH,))
+    api.install(app, settings, page_uploads=() if settings.no_ui else (PAGE_UPLOAD_PATH,),
+                keys=load_keys(settings.api_keys_file, settings.api_key))
     install_openapi(app, settings, service)
     if settings.no_ui:
         api.install_index(app)

@@ -23,8 +23,10 @@ class SettingsError(ValueError):
     """A flag or DPP_* variable has a value the app cannot use."""
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(default: Any, help: str, *, secret: bool = False, **extra: Any) -> Any:
+    """A setting; `kind=` where the default (None) does not tell the type; a `secret` is read from the environment
+    only (a flag would show it in the process list) and never printed."""
+    return field(default=default, repr=not secret, metadata={"help": help, "secret": secret, **extra})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +94,10 @@ class Settings:
     max_file_rows: int = _opt(100_000, "most data rows in a job's file")
     job_chunk_rows: int = _opt(50, "rows a file job sends to the model at a time; a job resumes from its last "
                                    "finished chunk")
+    api_keys_file: Path | None = _opt(None, "file of API keys, one per line (# starts a comment): when set, every "
+                                            "route but /healthz and /readyz needs a key (REST: Authorization: "
+                                            "Bearer KEY or X-API-Key: KEY), and the page asks for one", kind=Path)
+    api_key: str = _opt("", "one API key, alone or besides --api-keys-file (environment only)", secret=True)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -160,7 +166,7 @@ def env_name(name: str) -> str:
 
 
 def _coerce(f: Any, raw: Any) -> Any:
-    kind = type(default_of(f))
+    kind = f.metadata.get("kind") or type(default_of(f))
     if isinstance(raw, kind) and kind is not bool:
         return raw
     text = str(raw).strip()
@@ -179,17 +185,17 @@ def _coerce(f: Any, raw: Any) -> Any:
         if kind is float:
             return float(text)
         if issubclass(kind, Path):
-            return Path(text).expanduser().resolve()
+            return Path(text).expanduser().resolve() if text or default_of(f) is not None else None
         return text
     except ValueError:
         raise SettingsError(f"{f.name} ({env_name(f.name)}): cannot read {text!r} as {kind.__name__}") from None
 
 
 def load_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> Settings:
-    """Pick each setting from flags, then DPP_* variables, then the default."""
+    """Pick each setting from flags, then DPP_* variables, then the default (a secret: the variable only)."""
     picked = {}
     for f in fields(Settings):
-        raw = flags.get(f.name)
+        raw = None if f.metadata["secret"] else flags.get(f.name)
         if raw is None:
             raw = env.get(env_name(f.name))
         if raw is not None:
