@@ -18,6 +18,7 @@ from pydantic_core import PydanticCustomError
 from app import api_jobs
 from app.api_errors import UTF8JSONResponse, install_error_handling
 from app.auth import ApiKeys, RequireKey
+from app.limits import RateLimit
 from app.errors import MethodNotAllowed, RequestCancelled
 from app.gate import GATE_FIELDS, GateParams
 from app.logs import request_id
@@ -265,8 +266,12 @@ def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = ()
     """Add the routes (the file jobs' among them), the error handling and the request middleware to `app`;
     `page_uploads`: the page's upload routes, which take a job's file too; `keys`: the API keys every request but
     the probes must carry (None: open)."""
+    # Added before the request context, which then wraps them (the last added is the outermost): the rate limit
+    # sees every request, refused keys too, and its 429 and the key check's 401 carry the request id.
     if keys is not None:
-        app.add_middleware(RequireKey, keys=keys)  # before the request context, which then wraps it
+        app.add_middleware(RequireKey, keys=keys)
+    if settings.rate_limit:
+        app.add_middleware(RateLimit, rate=settings.rate_limit, burst=settings.rate_burst, keys=keys)
     app.include_router(router)
     app.include_router(api_jobs.router)
     # The page is mounted at "/", which would answer a wrong method on an API path with its 404.

@@ -59,20 +59,25 @@ class ApiKeys:
     def of(cls, keys: list[str]) -> "ApiKeys":
         return cls(tuple(_digest(key) for key in keys), tuple(_session(key).encode() for key in keys))
 
-    def accepts(self, presented: str) -> bool:
-        """Whether `presented` is one of the keys, in time that depends on neither how much of it is right nor
+    def index_of(self, presented: str) -> int | None:
+        """Which key `presented` is (None: none), in time that depends on neither how much of it is right nor
         which key it is."""
-        digest = _digest(presented)
-        found = False
-        for known in self.digests:  # every key, always: no early exit
-            found |= hmac.compare_digest(digest, known)
-        return found
+        return _find(_digest(presented), self.digests)
 
-    def accepts_session(self, cookie: bytes) -> bool:
-        found = False
-        for known in self.sessions:
-            found |= hmac.compare_digest(cookie, known)
-        return found
+    def accepts(self, presented: str) -> bool:
+        return self.index_of(presented) is not None
+
+    def session_index(self, cookie: bytes) -> int | None:
+        """Which key a page session's cookie was made from (None: none, or a key since removed)."""
+        return _find(cookie, self.sessions)
+
+
+def _find(value: bytes, known: tuple[bytes, ...]) -> int | None:
+    found = None
+    for index, candidate in enumerate(known):  # every one, always: no early exit
+        if hmac.compare_digest(value, candidate):
+            found = index
+    return found
 
 
 def load_keys(keys_file: Path | None, key: str) -> ApiKeys | None:
@@ -122,9 +127,24 @@ def _cookie(headers: dict[bytes, bytes]) -> bytes | None:
     return None
 
 
-def _client(scope) -> str:
+def client_address(scope) -> str:
+    """The client's address: the peer's, or the one a trusted proxy forwarded (uvicorn has put it in the scope)."""
     client = scope.get("client")
     return client[0] if client else "unknown"
+
+
+def key_index(scope, keys: ApiKeys) -> int | None:
+    """Which key the request carries, by a header or the page's session cookie (None: none valid); worked out
+    once per request (the rate limit and the key check both ask)."""
+    state = scope.setdefault("state", {})
+    if "dpp_key" not in state:
+        headers = _headers(scope)
+        presented, cookie = _presented(headers), _cookie(headers)
+        if presented is not None:
+            state["dpp_key"] = keys.index_of(presented)
+        else:
+            state["dpp_key"] = keys.session_index(cookie) if cookie is not None else None
+    return state["dpp_key"]
 
 
 def _wants_page(scope, headers: dict[bytes, bytes]) -> bool:
@@ -188,26 +208,21 @@ class RequireKey:
         if scope["type"] == "http" and path == LOGOUT_PATH:
             await self._logout(send)
             return
-        headers = _headers(scope)
-        presented = _presented(headers)
-        if presented is not None:
-            if self.keys.accepts(presented):
-                await self.app(scope, receive, send)
-                return
-            log.warning("refused %s %s from %s: wrong API key", scope.get("method", "WS"), path, _client(scope))
-            await self._refuse(scope, receive, send, "API 密钥不正确")
-            return
-        cookie = _cookie(headers)
-        if cookie is not None and self.keys.accepts_session(cookie):
+        if key_index(scope, self.keys) is not None:
             await self.app(scope, receive, send)
             return
-        if cookie is not None:
+        headers = _headers(scope)
+        if _presented(headers) is not None:
+            log.warning("refused %s %s from %s: wrong API key", scope.get("method", "WS"), path, client_address(scope))
+            await self._refuse(scope, receive, send, "API 密钥不正确")
+            return
+        if _cookie(headers) is not None:
             log.warning("refused %s %s from %s: the page session's key is no longer valid", scope.get("method", "WS"),
-                        path, _client(scope))
+                        path, client_address(scope))
         if scope["type"] == "http" and _wants_page(scope, headers):
             await self._redirect(send, f"{LOGIN_PATH}?next={quote(path, safe='/')}")
             return
-        log.info("refused %s %s from %s: no API key", scope.get("method", "WS"), path, _client(scope))
+        log.info("refused %s %s from %s: no API key", scope.get("method", "WS"), path, client_address(scope))
         await self._refuse(scope, receive, send, "需要 API 密钥：请求头 Authorization: Bearer <密钥> 或 X-API-Key: <密钥>")
 
     async def _refuse(self, scope, receive, send, message: str) -> None:
@@ -221,13 +236,13 @@ class RequireKey:
             form = await _form(receive)
             key, target = form.get("key", ""), _safe_next(form.get("next", "/"))
             if key and self.keys.accepts(key):
-                log.info("page login from %s", _client(scope))
+                log.info("page login from %s", client_address(scope))
                 secure = "; Secure" if scope.get("scheme") == "https" else ""
                 cookie = (f"{COOKIE}={_session(key)}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; "
                           f"SameSite=Lax{secure}")
                 await self._redirect(send, target, cookie)
                 return
-            log.warning("refused page login from %s: wrong API key", _client(scope))
+            log.warning("refused page login from %s: wrong API key", client_address(scope))
             await _html(send, 401, _page(target, "API 密钥不正确，请重新输入。"))
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))

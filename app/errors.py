@@ -99,6 +99,12 @@ class Overloaded(DppError):
         self.retry_after = retry_after
 
 
+class RateLimited(Overloaded):
+    """A client sent more requests than --rate-limit allows it; it may come back after `retry_after` seconds."""
+
+    status, code = 429, "rate_limited"
+
+
 class Draining(Overloaded):
     """The server is shutting down (SIGTERM): it finishes what it accepted and takes nothing new."""
 

@@ -360,22 +360,27 @@ def _declare(schema: dict, settings: Settings, service: Service) -> None:
                 responses["503"] = _json(NOT_READY, "not ready: loading, unavailable (reason) or draining")
             operation["responses"] = responses
     schema.get("components", {}).pop("schemas", None)  # the pydantic models' own, replaced above
-    if settings.api_keys_file is not None or settings.api_key:
-        _declare_keys(schema)
+    _declare_access(schema, settings)
 
 
-def _declare_keys(schema: dict) -> None:
-    """With API keys on: how to send one, and the 401 of every route but the probes."""
-    schema.setdefault("components", {})["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API 密钥>"},
-        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-    }
+def _declare_access(schema: dict, settings: Settings) -> None:
+    """With API keys on: how to send one, and the 401 of every route but the probes; with a rate limit, its 429."""
+    keyed = settings.api_keys_file is not None or bool(settings.api_key)
+    if keyed:
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API 密钥>"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
     for path, operations in schema["paths"].items():
         if path in OPEN_PATHS:
             continue
         for operation in operations.values():
-            operation["security"] = [{"bearer": []}, {"apiKey": []}]
-            operation["responses"]["401"] = _json(ERROR_BODY, "unauthorized: no API key, or a wrong one")
+            if keyed:
+                operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                operation["responses"]["401"] = _json(ERROR_BODY, "unauthorized: no API key, or a wrong one")
+            if settings.rate_limit:
+                operation["responses"]["429"] = _json(ERROR_BODY, "rate_limited: over --rate-limit; Retry-After says "
+                                                                  "when to come back", RETRY_AFTER_HEADER)
 
 
 def install_openapi(app: FastAPI, settings: Settings, service: Service) -> None:

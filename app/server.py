@@ -88,8 +88,11 @@ class DrainingServer(uvicorn.Server):
     has `drain_seconds` to finish, then the server stops. A second signal stops it at once."""
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
+        # X-Forwarded-For and X-Forwarded-Proto are believed from the proxies named in --trusted-proxies only
+        # (uvicorn's default would believe any process on this machine).
         super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                        timeout_graceful_shutdown=CLOSE_CONNECTIONS_S))
+                                        timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
+                                        proxy_headers=bool(settings.proxies), forwarded_allow_ips=settings.proxies))
         self._service: Service = app.state.service
         self._drain_seconds = settings.drain_seconds
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -98,6 +99,11 @@ class Settings:
                                             "route but /healthz and /readyz needs a key (REST: Authorization: "
                                             "Bearer KEY or X-API-Key: KEY), and the page asks for one", kind=Path)
     api_key: str = _opt("", "one API key, alone or besides --api-keys-file (environment only)", secret=True)
+    rate_limit: float = _opt(0.0, "requests a second each API key may send (each client address, without keys); "
+                                  "more get a 429 with Retry-After; 0: no limit")
+    rate_burst: int = _opt(20, "requests above --rate-limit a client may send at once")
+    trusted_proxies: str = _opt("", "addresses or networks (comma separated, e.g. 10.0.0.5,10.1.0.0/16) of reverse "
+                                    "proxies whose X-Forwarded-For and X-Forwarded-Proto are believed; nobody's else")
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
@@ -131,6 +137,15 @@ class Settings:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.job_retention_days <= 0:
             raise SettingsError(f"job_retention_days must be positive, got {self.job_retention_days}")
+        if self.rate_limit < 0:
+            raise SettingsError(f"rate_limit must be 0 (no limit) or more, got {self.rate_limit}")
+        if self.rate_burst < 1:
+            raise SettingsError(f"rate_burst must be at least 1, got {self.rate_burst}")
+        for proxy in self.proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise SettingsError(f"trusted_proxies: {proxy!r} is not an address or a network") from None
         if self.drain_seconds < 0:
             raise SettingsError(f"drain_seconds must be 0 or more, got {self.drain_seconds}")
 
@@ -143,6 +158,11 @@ class Settings:
                                     f"{getattr(self, low)} and {getattr(self, high)}")
         if not 0 <= self.min_label_prob <= 1:
             raise SettingsError(f"min_label_prob must be 0-1, got {self.min_label_prob}")
+
+    @property
+    def proxies(self) -> list[str]:
+        """The trusted proxies' addresses and networks, as listed."""
+        return [proxy.strip() for proxy in self.trusted_proxies.split(",") if proxy.strip()]
 
     @property
     def effective_device(self) -> str:
