@@ -11,14 +11,15 @@ import contextlib
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request, Response
 from pydantic import BaseModel, ConfigDict, PlainValidator, StrictBool, StrictFloat, StrictStr, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from app import api_jobs
 from app.api_errors import UTF8JSONResponse, install_error_handling
-from app.auth import ApiKeys, RequireKey
+from app.auth import OPEN_PATHS, ApiKeys, RequireKey
 from app.limits import RateLimit
+from app.metrics import METRICS_PATH, CountRequests, Metrics
 from app.errors import MethodNotAllowed, RequestCancelled
 from app.gate import GATE_FIELDS, GateParams
 from app.logs import request_id
@@ -262,14 +263,16 @@ def install_index(app: FastAPI) -> None:
     app.add_api_route("/", show_index, methods=["GET"], include_in_schema=False)
 
 
-def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = (), keys: ApiKeys | None = None) -> None:
-    """Add the routes (the file jobs' among them), the error handling and the request middleware to `app`;
-    `page_uploads`: the page's upload routes, which take a job's file too; `keys`: the API keys every request but
-    the probes must carry (None: open)."""
+def install(app: FastAPI, settings: Settings, metrics: Metrics, page_uploads: tuple[str, ...] = (),
+            keys: ApiKeys | None = None) -> None:
+    """Add the routes (the file jobs' and /metrics among them), the error handling and the request middleware to
+    `app`; `page_uploads`: the page's upload routes, which take a job's file too; `keys`: the API keys every
+    request but the probes must carry (None: open)."""
     # Added before the request context, which then wraps them (the last added is the outermost): the rate limit
     # sees every request, refused keys too, and its 429 and the key check's 401 carry the request id.
     if keys is not None:
-        app.add_middleware(RequireKey, keys=keys)
+        app.add_middleware(RequireKey, keys=keys,
+                           open_paths=OPEN_PATHS | {METRICS_PATH} if settings.metrics_open else OPEN_PATHS)
     if settings.rate_limit:
         app.add_middleware(RateLimit, rate=settings.rate_limit, burst=settings.rate_burst, keys=keys)
     app.include_router(router)
@@ -289,3 +292,11 @@ def install(app: FastAPI, settings: Settings, page_uploads: tuple[str, ...] = ()
     # A file may be as large as --max-file-bytes, plus its form fields; every other body is JSON.
     upload_limit = settings.max_file_bytes + UPLOAD_FORM_BYTES
     install_error_handling(app, settings.max_body_bytes, uploads=dict.fromkeys(("/jobs", *page_uploads), upload_limit))
+
+    async def show_metrics() -> Response:
+        body, media_type = metrics.render()
+        return Response(body, media_type=media_type)
+
+    app.add_api_route(METRICS_PATH, show_metrics, methods=["GET"], include_in_schema=False)
+    # Outermost: every answer counts, the error format's and the key check's too.
+    app.add_middleware(CountRequests, metrics=metrics, routes=[*router.routes, *api_jobs.router.routes])

@@ -190,16 +190,17 @@ color:#fff;cursor:pointer}}
 class RequireKey:
     """ASGI middleware: every request but the probes and the login form carries a valid key or page session."""
 
-    def __init__(self, app, keys: ApiKeys) -> None:
+    def __init__(self, app, keys: ApiKeys, open_paths: frozenset[str] = OPEN_PATHS) -> None:
         self.app = app
         self.keys = keys
+        self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
-        if path in OPEN_PATHS:
+        if path in self.open_paths:
             await self.app(scope, receive, send)
             return
         if scope["type"] == "http" and path == LOGIN_PATH:

@@ -95,8 +95,9 @@ class Batcher:
     """Owns one engine: every call to it goes through `generate` or `call`, on one event loop."""
 
     def __init__(self, engine: Engine, *, max_items: int, max_wait_s: float, max_queue: int,
-                 coalesce: bool = True) -> None:
+                 coalesce: bool = True, on_call: Callable[[str, float, int], None] | None = None) -> None:
         self.engine = engine
+        self._on_call = on_call  # told each engine call's duration and prompts (the metrics)
         self._max_items = max_items
         # A call may cost what a full batch of default requests costs: a longer or wider request runs in
         # more calls, so that a cancelled one stops costing within one, and others get turns between them.
@@ -229,6 +230,8 @@ class Batcher:
             elapsed = time.monotonic() - started
             self._call_seconds = 0.8 * self._call_seconds + 0.2 * elapsed
             prompts = sum(max(1, len(job.prompts)) for job in batch)
+            if self._on_call is not None:
+                self._on_call(self.engine.name, elapsed, prompts)
             for job, (result, error) in zip(batch, outcomes):
                 job.ticket.served_s += elapsed * max(1, len(job.prompts)) / prompts
                 if job.future.done():  # its request was cancelled or timed out meanwhile

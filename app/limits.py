@@ -1,7 +1,7 @@
 """Rate limits: each API key (each client address, without keys) may send `rate_limit` requests a second, with
 bursts of up to `rate_burst`; more is a 429 `rate_limited` with Retry-After.
 
-A token bucket per client: it holds up to `rate_burst` requests and refills at `rate_limit` a second. Probes and
+A token bucket per client: it holds up to `rate_burst` requests and refills at `rate_limit` a second. Probes, /metrics and
 the page's static files are not counted (a page load fetches dozens of them at once); every other request is,
 refused ones included, so that guessing keys is limited per address. A client is its key when it sends a valid
 one (header or page session), else its address: the peer's, or, behind a proxy named in --trusted-proxies, the
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from app.api_errors import error_response
 from app.auth import OPEN_PATHS, ApiKeys, client_address, key_index
 from app.errors import RateLimited
+from app.metrics import METRICS_PATH
 
 STATIC_PREFIXES = ("/assets/", "/static/", "/gradio_api/file=", "/favicon.ico", "/theme.css", "/manifest.json")
 MAX_CLIENTS = 10_000  # buckets kept; beyond it, the full ones (idle clients) are forgotten
@@ -40,7 +41,7 @@ class RateLimit:
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
-        if (scope["type"] != "http" or path in OPEN_PATHS
+        if (scope["type"] != "http" or path in OPEN_PATHS or path == METRICS_PATH
                 or (scope.get("method") in ("GET", "HEAD") and path.startswith(STATIC_PREFIXES))):
             await self.app(scope, receive, send)
             return

@@ -18,6 +18,7 @@ from app.api_errors import UTF8JSONResponse
 from app.auth import load_keys
 from app.engines import engines_to_load, load_engine
 from app.jobs.manager import Jobs
+from app.metrics import Metrics
 from app.openapi import install_openapi
 from app.service import Service
 from app.settings import Settings
@@ -35,8 +36,10 @@ PAGE_UPLOAD_PATH = "/gradio_api/upload"
 def create_app(settings: Settings) -> FastAPI:
     """Build one app; the model loads in a thread so /healthz and the page answer meanwhile. Raises KeysError
     when the API keys cannot be read."""
-    service = Service(settings, load_templates(settings.templates_file))
+    metrics = Metrics()
+    service = Service(settings, load_templates(settings.templates_file), metrics)
     jobs = Jobs(service, settings)
+    metrics.watch(service, jobs)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -55,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
                   docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.jobs = jobs
-    api.install(app, settings, page_uploads=() if settings.no_ui else (PAGE_UPLOAD_PATH,),
+    api.install(app, settings, metrics, page_uploads=() if settings.no_ui else (PAGE_UPLOAD_PATH,),
                 keys=load_keys(settings.api_keys_file, settings.api_key))
     install_openapi(app, settings, service)
     if settings.no_ui:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from app import classify as zero_shot
 from app import gate
@@ -25,6 +26,9 @@ from app.errors import (
 from app.params import SEED_RANGE, GenerationParams
 from app.settings import ENGINES, Settings
 from app.tasks import Task, Templates
+
+if TYPE_CHECKING:
+    from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,9 @@ class Service:
     A request that is cancelled (its client hung up, its tab closed) leaves the queue at once.
     """
 
-    def __init__(self, settings: Settings, templates: Templates) -> None:
+    def __init__(self, settings: Settings, templates: Templates, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics  # engine calls and the gate's drops are counted there
         self.checks = InputChecks(settings)
         self.gate_defaults = gate.defaults(settings)
         self._templates = templates
@@ -104,7 +109,8 @@ class Service:
         settings = self.settings
         self._batchers = {
             name: Batcher(engine, max_items=self._batch_size(engine), max_wait_s=settings.batch_wait_ms / 1000,
-                          max_queue=settings.max_queue, coalesce=not settings.no_coalescing)
+                          max_queue=settings.max_queue, coalesce=not settings.no_coalescing,
+                          on_call=self.metrics.engine_call if self.metrics else None)
             for name, engine in engines.items()
         }
         self._engines, self._unavailable = engines, unavailable
@@ -135,6 +141,10 @@ class Service:
         if self._unavailable:
             info["unavailable"] = {name: without_paths(why) for name, why in self._unavailable.items()}
         return Readiness(True, "ready", None, info)
+
+    def engines(self) -> dict[str, Engine]:
+        """The loaded engines by name, the default first."""
+        return dict(self._engines)
 
     def queue(self) -> dict[str, int]:
         """Admitted requests over all engines: in an engine call now, and waiting; and the bound."""
@@ -204,6 +214,8 @@ class Service:
         outcomes = [each.outcome for each in gates]
         elapsed_ms = (time.monotonic() - started) * 1000
         result = AugmentResult(list(texts), outcomes, chosen.name, elapsed_ms)
+        if self.metrics:
+            self.metrics.dropped(result.dropped())
         log.info("augment engine=%s items=%d variants=%d dropped=%s ms=%.0f params=%s quality=%s",
                  chosen.name, len(texts), sum(map(len, result.variants)),
                  {reason: n for reason, n in result.dropped().items() if n}, elapsed_ms, params.as_log(), quality)

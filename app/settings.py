@@ -99,6 +99,8 @@ class Settings:
                                             "route but /healthz and /readyz needs a key (REST: Authorization: "
                                             "Bearer KEY or X-API-Key: KEY), and the page asks for one", kind=Path)
     api_key: str = _opt("", "one API key, alone or besides --api-keys-file (environment only)", secret=True)
+    metrics_open: bool = _opt(False, "with API keys, /metrics answers without one (for a Prometheus that has "
+                                     "none); without keys it is open anyway")
     rate_limit: float = _opt(0.0, "requests a second each API key may send (each client address, without keys); "
                                   "more get a 429 with Retry-After; 0: no limit")
     rate_burst: int = _opt(20, "requests above --rate-limit a client may send at once")

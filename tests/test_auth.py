@@ -104,9 +104,11 @@ def test_rest_refuses_without_a_key_and_serves_with_either_header(keyed):
     assert answer["augmented_texts"] and all(text != TEXT for text in answer["augmented_texts"])
 
 
-def test_probes_stay_open(keyed):
+def test_probes_stay_open_and_metrics_need_a_key_unless_opened(keyed):
     assert requests.get(keyed.url + "/healthz", timeout=10).status_code == 200
     assert requests.get(keyed.url + "/readyz", timeout=10).json()["status"] == "ready"
+    assert requests.get(keyed.url + "/metrics", timeout=10).status_code == 401  # --metrics-open: tests/test_limits.py
+    assert requests.get(keyed.url + "/metrics", headers=_headers(KEYS[0]), timeout=10).status_code == 200
 
 
 def test_a_wrong_key_is_refused_and_logged_with_the_address_never_the_key(keyed):

@@ -49,7 +49,7 @@ def keyed_and_limited(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("limited")
     (tmp / "keys").write_text("\n".join(KEYS) + "\n", encoding="utf-8")
     server = start_server(tmp, "--engine", "lexical", "--no-ui", "--api-keys-file", str(tmp / "keys"),
-                          "--rate-limit", str(RATE), "--rate-burst", str(BURST))
+                          "--rate-limit", str(RATE), "--rate-burst", str(BURST), "--metrics-open")
     yield server
     server.stop()
 
@@ -66,6 +66,11 @@ def test_a_key_over_its_burst_gets_429_with_retry_after_and_other_keys_do_not(ke
     assert all(requests.get(url + "/healthz", timeout=10).status_code == 200 for _ in range(2 * BURST))
     schema = requests.get(url + "/openapi.json", headers={"X-API-Key": KEYS[1]}, timeout=30)
     assert schema.status_code == 429  # the second key's burst is spent too
+
+
+def test_open_metrics_need_no_key_and_are_never_limited(keyed_and_limited):
+    scrapes = [requests.get(keyed_and_limited.url + "/metrics", timeout=10) for _ in range(2 * BURST)]
+    assert [s.status_code for s in scrapes] == [200] * 2 * BURST and "dpp_requests_total" in scrapes[-1].text
 
 
 def test_guessing_keys_is_limited_by_address(keyed_and_limited):

@@ -12,6 +12,7 @@ class Engine(Protocol):
     can_score: bool
     wants_raw_text: bool  # True: gets the texts themselves, not prompts built from templates
     batch_size: int  # prompts per call that keep it efficient, unless --max-batch-size says otherwise
+    # A model engine also counts the tokens it has generated, `generated_tokens: int`, for the metrics.
 
     def info(self) -> dict:
         """Model path, device, dtype and load time, for /readyz and the page banner."""

@@ -55,6 +55,7 @@ class CT2Engine:
             raise ModelUnavailable(f"CTranslate2 模型 {model_dir} 无法加载：{' '.join(str(exc).split())[:300]}；"
                                    f"{CONVERT_HINT}") from exc
         self._load_seconds = time.monotonic() - started
+        self.generated_tokens = 0  # output tokens so far (the metrics read it)
         log.info("Model loaded successfully on %s in %.1f s from %s (CTranslate2 %s, compute %s)", self._device,
                  self._load_seconds, self._dir, ctranslate2.__version__, self._translator.compute_type)
 
@@ -128,6 +129,7 @@ class CT2Engine:
             self._ct2.set_random_seed(params.seed)
             translator = self._new_translator()
         ids = self._translate(sources, translator, **options)
+        self.generated_tokens += sum(map(len, ids))
         texts = self._tokenizer.decode_batch(ids, skip_special_tokens=True)
         return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 

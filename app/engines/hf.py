@@ -89,6 +89,7 @@ class HFEngine:
             self._warm_up()
         self._files = files
         self._load_seconds = time.monotonic() - started
+        self.generated_tokens = 0  # output tokens so far, end tokens included (the metrics read it)
         # The operator's log names the directory in full; /readyz and the page, open to anyone, only its name.
         log.info("Model loaded successfully on %s in %.1f s from %s (dtype=%s layout=%s)", self._device,
                  self._load_seconds, files.directory, str(self._dtype).removeprefix("torch."), files.layout)
@@ -168,6 +169,8 @@ class HFEngine:
                 chunks = self._fast.generate(encoded.input_ids, encoded.attention_mask, params, per_prompt)
             else:
                 chunks = [self._model.generate(**encoded, **_generate_options(params, per_prompt))]
+        # Each row starts with the decoder's start token, which is the pad token, as is what follows its end.
+        self.generated_tokens += sum(int((chunk != self._tokenizer.pad_token_id).sum()) for chunk in chunks)
         texts = [text for chunk in chunks for text in self._tokenizer.batch_decode(chunk, skip_special_tokens=True)]
         return [texts[i * per_prompt:(i + 1) * per_prompt] for i in range(len(prompts))]
 

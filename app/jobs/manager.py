@@ -29,7 +29,15 @@ from app.errors import (
 from app.jobs import results
 from app.jobs.formats import FileInvalid, Table, open_table, require_column
 from app.jobs.runner import JobRunner, label_of, text_of
-from app.jobs.spec import AUGMENT_COLUMNS, CLASSIFY_COLUMNS, OPTION_FIELDS, PROBABILITY_PREFIX, JobSpec, split_options
+from app.jobs.spec import (
+    AUGMENT_COLUMNS,
+    CLASSIFY_COLUMNS,
+    OPTION_FIELDS,
+    PROBABILITY_PREFIX,
+    STATES,
+    JobSpec,
+    split_options,
+)
 from app.jobs.store import Job, JobStore
 from app.service import CLASSIFICATION, Service
 from app.settings import Settings
@@ -185,6 +193,16 @@ class Jobs:
     def list(self, owner: str | None = None) -> list[Job]:
         with self._store():
             return self.store.list(owner)
+
+    def counts(self) -> dict[str, int]:
+        """Jobs by state, every state named (for the metrics); none when the store cannot be read (the log says
+        why, once per scrape)."""
+        try:
+            found = self.store.counts()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("job store %s unreadable for the metrics: %s", self.store.path, exc)
+            found = {}
+        return {state: found.get(state, 0) for state in STATES}
 
     def cancel(self, job_id: str, owner: str | None = None) -> Job:
         """Stop a queued or running job; its results so far stay readable. A finished job is left as it is."""

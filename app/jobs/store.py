@@ -166,6 +166,13 @@ class JobStore:
                 rows = db.execute("SELECT * FROM jobs WHERE owner = ? ORDER BY seq DESC", (owner,)).fetchall()
         return [_job(row) for row in rows]
 
+    def counts(self) -> dict[str, int]:
+        """How many jobs are in each state (states without jobs left out)."""
+        if not self.exists:
+            return {}
+        with self._db(write=False) as db:
+            return dict(db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
     def next_job(self, origin: str = "server") -> Job | None:
         """The job to run: one left running (by a process that stopped) first, then the oldest queued; only
         jobs of `origin` (a server never runs the CLI's jobs, which the CLI resumes itself)."""
