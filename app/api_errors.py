@@ -61,6 +61,14 @@ def error_response(error: DppError, headers: dict[str, str] | None = None) -> UT
                             headers=headers or None)
 
 
+def route_path(scope) -> str:
+    """The request's path below --root-path (uvicorn puts the root path in front of every path it passes on)."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
 def _field_name(loc: tuple) -> str | None:
     parts = [p for p in loc if p != "body"]
     name = ""
@@ -149,7 +157,7 @@ class RequestContext:
                 message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())]}
             await send(message)
 
-        limit = self.uploads.get(scope.get("path"), self.max_body_bytes)
+        limit = self.uploads.get(route_path(scope), self.max_body_bytes)
         try:
             declared = headers.get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
-from app.api_errors import error_response
+
+from app.api_errors import error_response, route_path
 from app.errors import Unauthorized
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def key_index(scope, keys: ApiKeys) -> int | None:
 
 def _wants_page(scope, headers: dict[bytes, bytes]) -> bool:
     """A browser opening the page (not an API client, not the page's own requests)."""
-    path = scope.get("path", "")
+    path = route_path(scope)
     return (scope.get("method") == "GET" and b"text/html" in headers.get(b"accept", b"")
             and not path.startswith(PAGE_PREFIXES))
 
@@ -199,7 +200,7 @@ class RequireKey:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
+        path = route_path(scope)
         if path in self.open_paths:
             await self.app(scope, receive, send)
             return
@@ -207,7 +208,7 @@ class RequireKey:
             await self._login(scope, receive, send)
             return
         if scope["type"] == "http" and path == LOGOUT_PATH:
-            await self._logout(send)
+            await self._logout(scope, send)
             return
         if key_index(scope, self.keys) is not None:
             await self.app(scope, receive, send)
@@ -221,7 +222,7 @@ class RequireKey:
             log.warning("refused %s %s from %s: the page session's key is no longer valid", scope.get("method", "WS"),
                         path, client_address(scope))
         if scope["type"] == "http" and _wants_page(scope, headers):
-            await self._redirect(send, f"{LOGIN_PATH}?next={quote(path, safe='/')}")
+            await self._redirect(send, f"{_root(scope)}{LOGIN_PATH}?next={quote(path, safe='/')}")
             return
         log.info("refused %s %s from %s: no API key", scope.get("method", "WS"), path, client_address(scope))
         await self._refuse(scope, receive, send, "需要 API 密钥：请求头 Authorization: Bearer <密钥> 或 X-API-Key: <密钥>")
@@ -239,19 +240,20 @@ class RequireKey:
             if key and self.keys.accepts(key):
                 log.info("page login from %s", client_address(scope))
                 secure = "; Secure" if scope.get("scheme") == "https" else ""
-                cookie = (f"{COOKIE}={_session(key)}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly; "
-                          f"SameSite=Lax{secure}")
-                await self._redirect(send, target, cookie)
+                cookie = (f"{COOKIE}={_session(key)}; Path={_root(scope) or '/'}; Max-Age={COOKIE_MAX_AGE_S}; "
+                          f"HttpOnly; SameSite=Lax{secure}")
+                await self._redirect(send, _root(scope) + target, cookie)
                 return
             log.warning("refused page login from %s: wrong API key", client_address(scope))
-            await _html(send, 401, _page(target, "API 密钥不正确，请重新输入。"))
+            await _html(send, 401, _page(_root(scope), target, "API 密钥不正确，请重新输入。"))
             return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        await _html(send, 200, _page(_safe_next(query.get("next", ["/"])[0]), ""))
+        await _html(send, 200, _page(_root(scope), _safe_next(query.get("next", ["/"])[0]), ""))
 
     @staticmethod
-    async def _logout(send) -> None:
-        await RequireKey._redirect(send, LOGIN_PATH, f"{COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")
+    async def _logout(scope, send) -> None:
+        await RequireKey._redirect(send, _root(scope) + LOGIN_PATH,
+                                   f"{COOKIE}=; Path={_root(scope) or '/'}; Max-Age=0; HttpOnly; SameSite=Lax")
 
     @staticmethod
     async def _redirect(send, location: str, cookie: str | None = None) -> None:
@@ -263,8 +265,13 @@ class RequireKey:
         await send({"type": "http.response.body", "body": b""})
 
 
-def _page(target: str, error: str) -> bytes:
-    return _FORM.format(action=LOGIN_PATH, next=html.escape(target, quote=True),
+def _root(scope) -> str:
+    """The --root-path the server runs under ("" at the top): links and cookies go under it."""
+    return scope.get("root_path", "")
+
+
+def _page(root: str, target: str, error: str) -> bytes:
+    return _FORM.format(action=html.escape(root + LOGIN_PATH, quote=True), next=html.escape(target, quote=True),
                         error=f'<p class="error">{html.escape(error)}</p>' if error else "").encode("utf-8")
 
 

@@ -14,7 +14,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from app.api_errors import error_response
+
+from app.api_errors import error_response, route_path
 from app.auth import OPEN_PATHS, ApiKeys, client_address, key_index
 from app.errors import RateLimited
 from app.metrics import METRICS_PATH
@@ -40,7 +41,7 @@ class RateLimit:
         self.buckets: dict[str, _Bucket] = {}
 
     async def __call__(self, scope, receive, send) -> None:
-        path = scope.get("path", "")
+        path = route_path(scope)
         if (scope["type"] != "http" or path in OPEN_PATHS or path == METRICS_PATH
                 or (scope.get("method") in ("GET", "HEAD") and path.startswith(STATIC_PREFIXES))):
             await self.app(scope, receive, send)

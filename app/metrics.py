@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api_errors import route_path
 from app.gate import REASONS
 
 METRICS_PATH = "/metrics"
@@ -105,7 +106,7 @@ class CountRequests:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self._route(scope.get("path", ""))
+        route = self._route(route_path(scope))
         started = time.monotonic()
         status = 500  # unless an answer starts: the server then closes the connection
 

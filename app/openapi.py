@@ -388,6 +388,7 @@ def install_openapi(app: FastAPI, settings: Settings, service: Service) -> None:
 
     def openapi() -> dict:
         schema = get_openapi(title="dpp", version="1", routes=app.routes,
+                             servers=[{"url": settings.root_path}] if settings.root_path else None,
                              description="中文文本增强与零样本分类 REST API；错误统一为 {error: {code, message, field}, request_id}")
         _declare(schema, settings, service)
         return schema

@@ -95,7 +95,8 @@ class DrainingServer(uvicorn.Server):
         # (uvicorn's default would believe any process on this machine).
         super().__init__(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                                         timeout_graceful_shutdown=CLOSE_CONNECTIONS_S,
-                                        proxy_headers=bool(settings.proxies), forwarded_allow_ips=settings.proxies))
+                                        proxy_headers=bool(settings.proxies), forwarded_allow_ips=settings.proxies,
+                                        root_path=settings.root_path))
         self._service: Service = app.state.service
         self._drain_seconds = settings.drain_seconds
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "damo/nlp_mt5_zero-shot-augment_chinese-base"
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+ROOT_PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ENGINES = ("mt5", "mt5-ct2", "lexical")
 CT2_DIR_NAME = "ctranslate2"  # where `python -m bundle.convert --ct2` puts the CTranslate2 model
@@ -99,6 +100,9 @@ class Settings:
                                             "route but /healthz and /readyz needs a key (REST: Authorization: "
                                             "Bearer KEY or X-API-Key: KEY), and the page asks for one", kind=Path)
     api_key: str = _opt("", "one API key, alone or besides --api-keys-file (environment only)", secret=True)
+    root_path: str = _opt("", "the sub-path a reverse proxy serves dpp under (e.g. /dpp), the proxy removing it "
+                              "before passing requests on; the page, its assets, the REST routes, /openapi.json and "
+                              "gradio_client then work under it")
     metrics_open: bool = _opt(False, "with API keys, /metrics answers without one (for a Prometheus that has "
                                      "none); without keys it is open anyway")
     rate_limit: float = _opt(0.0, "requests a second each API key may send (each client address, without keys); "
@@ -139,6 +143,9 @@ class Settings:
             raise SettingsError(f"request_timeout_s must be positive, got {self.request_timeout_s}")
         if self.job_retention_days <= 0:
             raise SettingsError(f"job_retention_days must be positive, got {self.job_retention_days}")
+        if self.root_path and not ROOT_PATH.match(self.root_path):
+            raise SettingsError(f"root_path must be empty or a path such as /dpp or /tools/dpp (a leading /, no "
+                                f"trailing /), got {self.root_path!r}")
         if self.rate_limit < 0:
             raise SettingsError(f"rate_limit must be 0 (no limit) or more, got {self.rate_limit}")
         if self.rate_burst < 1:

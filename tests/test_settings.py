@@ -52,3 +52,19 @@ def test_unset_flags_leave_the_environment_in_charge():
 def test_unusable_values_are_refused_naming_the_setting(flags, env, name):
     with pytest.raises(SettingsError, match=name):
         load_settings(flags, env)
+
+
+@pytest.mark.parametrize("root_path", ["dpp", "/dpp/", "/", "/d p p", "//dpp"])
+def test_a_root_path_that_a_proxy_could_not_mean_is_refused(root_path):
+    with pytest.raises(SettingsError, match="root_path must be empty or a path such as /dpp"):
+        Settings(root_path=root_path)
+
+
+@pytest.mark.parametrize("path, root, below", [
+    ("/dpp/healthz", "/dpp", "/healthz"), ("/dpp", "/dpp", "/"), ("/dppx/healthz", "/dpp", "/dppx/healthz"),
+    ("/healthz", "", "/healthz"), ("/tools/dpp/jobs/1", "/tools/dpp", "/jobs/1"),
+])
+def test_routes_are_told_apart_below_the_root_path(path, root, below):
+    from app.api_errors import route_path
+
+    assert route_path({"path": path, "root_path": root}) == below
