@@ -84,6 +84,31 @@ check_platform() {
     refuse "this machine has glibc $have, older than the build machine's $glibc; build the bundle on a machine with glibc $have or older"
 }
 
+wants_cpu() {  # whether the flags or the environment put the app on the CPU
+  [ "${DPP_CPU_ONLY:-}" = 1 ] || [ "${DPP_CPU_ONLY:-}" = true ] || [ "${DPP_DEVICE:-}" = cpu ] && return 0
+  local previous=""
+  for arg in "${args[@]+"${args[@]}"}"; do
+    case "$arg" in --cpu-only|--device=cpu) return 0 ;; esac
+    [ "$previous" = --device ] && [ "$arg" = cpu ] && return 0
+    previous="$arg"
+  done
+  return 1
+}
+
+check_driver() {  # a CUDA bundle on a GPU whose driver is older than its torch needs: say what to do, now
+  local floor have
+  floor="$(version_field driver_min)"
+  { [ -n "$floor" ] && [ "$floor" != none ]; } || return 0
+  command -v nvidia-smi >/dev/null 2>&1 || return 0  # no NVIDIA driver at all: the app runs on the CPU
+  have="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 | sed "s/ //g")"
+  [ -n "$have" ] || return 0
+  [ "$(printf '%s\n%s\n' "$floor" "$have" | sort -V | head -n1)" = "$floor" ] && return 0
+  wants_cpu && return 0
+  refuse "this bundle's torch ($(version_field torch_build)) needs NVIDIA driver $floor or newer, but this machine has $have.
+  Upgrade the driver (see README, \"GPU servers as they are\"), or run on the CPU: ./start_dpp.sh --device cpu,
+  or use a cpu or cpu-lite bundle. (驱动版本 $have 低于此包所需的 $floor：请升级 NVIDIA 驱动，或加 --device cpu 在 CPU 上运行。)"
+}
+
 verify_manifest() {
   [ -f "$ROOT/MANIFEST" ] || refuse "MANIFEST is missing: cannot verify this bundle"
   echo "Verifying $(wc -l < "$ROOT/MANIFEST") files against MANIFEST..."
@@ -115,6 +140,7 @@ export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
 if [ -f "$ROOT/VERSION" ] && [ -d "$ROOT/python" ]; then
   [ "$dev" = 0 ] || refuse "--dev is for a checkout; a bundle carries only the runtime packages"
   check_platform
+  check_driver
   [ "$verify" = 0 ] || verify_manifest
   use_bundled_python
   if [ "$setup_only" = 1 ]; then

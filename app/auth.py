@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
-
 from app.api_errors import error_response, route_path
 from app.errors import Unauthorized
 

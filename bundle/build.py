@@ -36,6 +36,9 @@ PROFILES = ("cpu", "gpu", "cpu-lite")
 # cpu-lite serves with CTranslate2 only: no torch, and no package that only torch or transformers needs.
 LITE_LEAVES_OUT = ("torch", "sympy", "mpmath", "networkx", "transformers", "safetensors", "regex")
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
+# The oldest NVIDIA driver (Linux) each CUDA major release runs on, with CUDA's minor version compatibility
+# (NVIDIA's CUDA compatibility guide): the bundle records its torch's floor, and the launcher checks the driver.
+DRIVER_FLOORS = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
 APP_FILES = ("app", "webui.py", "start_dpp.sh", "requirements.lock", "README.md", "pyproject.toml")
 MODEL_SUBDIR = Settings().model_dir.relative_to(ROOT)
 # Parts of the standard library a headless server never uses (and _tkinter would drag in X11).
@@ -178,6 +181,17 @@ def torch_build(site: Path) -> str:
     cuda = re.search(r"^cuda: .*= (.+)$", text, re.M)
     value = cuda.group(1).strip().strip("'\"") if cuda else "None"
     return "cpu" if value == "None" else f"cuda{value}"
+
+
+def driver_floor(built: str) -> str:
+    """The oldest NVIDIA driver a torch build ('cuda13.0') needs; 'none' for a CPU build."""
+    if not built.startswith("cuda"):
+        return "none"
+    major = built.removeprefix("cuda").split(".")[0]
+    if major not in DRIVER_FLOORS:
+        raise BuildError(f"torch was built for CUDA {built.removeprefix('cuda')}, whose driver floor this build does "
+                         f"not know; add it to DRIVER_FLOORS in bundle/build.py")
+    return DRIVER_FLOORS[major]
 
 
 def _package(line: str) -> str:
@@ -362,7 +376,7 @@ def build(args: argparse.Namespace) -> Path:
         smoke_test(top, args.profile)
         write_version(top, {
             "app_version": app_version(), "python": python_version, "torch": torch_version, "torch_build": built,
-            "profile": args.profile, "glibc": glibc, "arch": arch,
+            "driver_min": driver_floor(built), "profile": args.profile, "glibc": glibc, "arch": arch,
             "build_date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "model_id": args.model_id, "model_dtype": "int8-ctranslate2" if args.profile == "cpu-lite" else "float16",
         })
@@ -386,7 +400,7 @@ def parser() -> argparse.ArgumentParser:
                    help="local model directory (ModelScope or Hugging Face layout; see python -m bundle.fetch)")
     p.add_argument("--profile", choices=PROFILES, required=True,
                    help="what the bundle runs on: cpu (CPU torch, FP16 weights; runs anywhere), gpu (CUDA 13 "
-                        "torch, NVIDIA driver 580+) or cpu-lite (CTranslate2 int8 weights and no torch: smallest "
+                        "torch, NVIDIA driver 580.65.06+, which the launcher checks) or cpu-lite (CTranslate2 int8 weights and no torch: smallest "
                         "and fastest on CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "dist",
                    help="a folder for the tarball, or a path ending in .tar.gz (default: dist/)")

@@ -100,6 +100,7 @@ def test_version_records_the_build(bundle):
     assert fields["glibc"] == platform.libc_ver()[1]
     assert fields["arch"] == platform.machine()
     assert fields["torch"] == "2.13.0+cpu" and fields["torch_build"] == "cpu" and fields["profile"] == "cpu"
+    assert fields["driver_min"] == "none"
     assert fields["model_id"] == "damo/nlp_mt5_zero-shot-augment_chinese-base"
     assert fields["model_dtype"] == "float16"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["build_date"])
@@ -193,6 +194,33 @@ def test_a_machine_the_bundle_was_not_built_for_is_refused(bundle, tools, field,
     assert result.returncode == 3
     assert all(word in result.stderr for word in words), result.stderr
     assert "dpp serving" not in result.stdout
+
+
+@pytest.mark.parametrize("driver, flags, refused", [
+    ("535.104.05", (), True), ("580.65.06", (), False), ("590.1", (), False),
+    ("535.104.05", ("--device", "cpu"), False), ("535.104.05", ("--cpu-only",), False),
+])
+def test_a_cuda_bundle_on_an_older_driver_says_what_to_do_before_starting(bundle, tools, tmp_path, driver, flags,
+                                                                          refused):
+    path = bundle / "VERSION"
+    original = path.read_text()
+    gpu_tools = tmp_path / "tools"
+    gpu_tools.mkdir()
+    for tool in tools.iterdir():
+        (gpu_tools / tool.name).symlink_to(tool.resolve())
+    smi = gpu_tools / "nvidia-smi"  # a machine with an NVIDIA driver of this version
+    smi.write_text(f"#!/bin/sh\ncase \"$*\" in *driver_version*) echo {driver} ;; *) echo 'NVIDIA H200' ;; esac\n")
+    smi.chmod(0o755)
+    try:
+        path.write_text(re.sub(r"^driver_min=.*$", "driver_min=580.65.06", original, flags=re.M))
+        result = launcher(bundle, "--setup-only", *flags, tools=gpu_tools)
+    finally:
+        path.write_text(original)
+    if refused:
+        assert result.returncode == 3, result.stderr
+        assert all(word in result.stderr for word in ("580.65.06", driver, "--device cpu", "Upgrade the driver"))
+    else:
+        assert result.returncode == 0, result.stderr
 
 
 def test_the_checkout_only_flags_are_refused_in_a_bundle(bundle, tools):
