@@ -18,11 +18,11 @@ from pydantic_core import PydanticCustomError
 from app import api_jobs
 from app.api_errors import UTF8JSONResponse, install_error_handling
 from app.auth import OPEN_PATHS, ApiKeys, RequireKey
-from app.limits import RateLimit
-from app.metrics import METRICS_PATH, CountRequests, Metrics
 from app.errors import MethodNotAllowed, RequestCancelled
 from app.gate import GATE_FIELDS, GateParams
+from app.limits import RateLimit
 from app.logs import request_id
+from app.metrics import METRICS_PATH, CountRequests, Metrics
 from app.params import GenerationParams, params_from, task_params
 from app.service import Service
 from app.settings import Settings
