@@ -70,13 +70,14 @@ def main(argv: list[str]) -> int:
     from app.auth import KeysError
     from app.tasks import TemplatesError
 
-    log_file = configure_logging(settings.log_dir, settings.log_level)
+    log_file = configure_logging(None if settings.no_log_file else settings.log_dir, settings.log_level)
     try:
         app = create_app(settings)
     except (TemplatesError, KeysError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file})", flush=True)
+    print(f"dpp serving on http://{settings.host}:{settings.port} (logs: {log_file or 'standard output'})",
+          flush=True)
     # SIGTERM drains (readiness 503, new work 503, accepted work finishes within --drain-seconds), then
     # the process ends with 0. A second signal stops it at once; uvicorn raises that one again after its
     # shutdown, which ends with 0 here too.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import sys
 from contextvars import ContextVar
 from pathlib import Path
 
@@ -20,21 +21,25 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(log_dir: Path, level: str) -> Path:
-    """Send the app's logs to the console and to a daily-rotated file; returns the file's path."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / LOG_FILE
+def configure_logging(log_dir: Path | None, level: str) -> Path | None:
+    """Send the app's logs to the console and to a daily-rotated file under `log_dir`; returns the file's path.
+    With no `log_dir` (in a container), to standard output only, where the container's runtime collects them."""
     formatter = logging.Formatter(FORMAT)
-    file_handler = logging.handlers.TimedRotatingFileHandler(
-        path, when="midnight", backupCount=DAYS_KEPT, encoding="utf-8", errors="backslashreplace"
-    )
-    console = logging.StreamHandler()
+    handlers: list[logging.Handler] = []
+    path = None
+    if log_dir is not None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / LOG_FILE
+        handlers.append(logging.handlers.TimedRotatingFileHandler(
+            path, when="midnight", backupCount=DAYS_KEPT, encoding="utf-8", errors="backslashreplace"
+        ))
+    handlers.append(logging.StreamHandler(sys.stderr if log_dir is not None else sys.stdout))
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_dpp", False):
             root.removeHandler(handler)
             handler.close()
-    for handler in (file_handler, console):
+    for handler in handlers:
         handler._dpp = True
         handler.setFormatter(formatter)
         handler.addFilter(_RequestIdFilter())

@@ -48,6 +48,8 @@ class Settings:
                                 "(transformers' generate), or auto (fast where the model and dtype allow)")
     log_dir: Path = _opt(ROOT / "logs", "where webui.log is written (rotated daily, 7 kept)")
     log_level: str = _opt("INFO", "DEBUG, INFO, WARNING or ERROR")
+    no_log_file: bool = _opt(False, "log to standard output only, no webui.log (in a container, whose runtime "
+                                    "collects the output)")
     templates_file: Path = _opt(
         ROOT / "app" / "templates.json", "prompt templates, editable without touching code"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import logging.handlers
 import re
 import time
@@ -151,3 +152,13 @@ def test_file_handler_rotates_daily_keeping_seven(tmp_path, restore_root_logging
     # Calling it again replaces its handlers instead of doubling every line.
     configure_logging(tmp_path, "INFO")
     assert len([h for h in root.handlers if isinstance(h, logging.handlers.TimedRotatingFileHandler)]) == 1
+
+
+def test_in_a_container_the_logs_go_to_standard_output_only(tmp_path, restore_root_logging, capsys):
+    assert configure_logging(None, "INFO") is None
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_dpp", False)]
+    assert len(ours) == 1 and not isinstance(ours[0], logging.FileHandler) and ours[0].stream is sys.stdout
+    logging.getLogger("dpp.test").info("to stdout")
+    assert LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(tmp_path.iterdir()) == []
