@@ -1,11 +1,11 @@
 """Rate limits: each API key (each client address, without keys) may send `rate_limit` requests a second, with
 bursts of up to `rate_burst`; more is a 429 `rate_limited` with Retry-After.
 
-A token bucket per client: it holds up to `rate_burst` requests and refills at `rate_limit` a second. Probes, /metrics and
-the page's static files are not counted (a page load fetches dozens of them at once); every other request is,
-refused ones included, so that guessing keys is limited per address. A client is its key when it sends a valid
-one (header or page session), else its address: the peer's, or, behind a proxy named in --trusted-proxies, the
-address that proxy forwarded (uvicorn reads X-Forwarded-For from those proxies only; see app/server.py).
+A token bucket per client: it holds up to `rate_burst` requests and refills at `rate_limit` a second. Probes,
+/metrics and the page's static files are not counted (a page load fetches dozens of them at once); every other
+request is, refused ones included, so that guessing keys is limited per address. A client is its key when it sends a
+valid one (header or page session), else its address: the peer's, or, behind a proxy named in --trusted-proxies,
+the address that proxy forwarded (uvicorn reads X-Forwarded-For from those proxies only; see app/server.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-
 
 from app.api_errors import error_response, route_path
 from app.auth import OPEN_PATHS, ApiKeys, client_address, key_index

@@ -94,7 +94,8 @@ def serve_and_check(work: Path, report: dict) -> None:
     try:
         config = json.loads(buildah("inspect", "--type", "container", container))["OCIv1"]["config"]
         report["image_config"] = {"user": config.get("User"), "workdir": config.get("WorkingDir"),
-                                  "exposed": sorted(config.get("ExposedPorts", {})), "volumes": sorted(config.get("Volumes", {}))}
+                                  "exposed": sorted(config.get("ExposedPorts", {})),
+                                  "volumes": sorted(config.get("Volumes", {}))}
         healthcheck = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]["Healthcheck"]
         report["healthcheck"] = healthcheck["Test"]
         buildah("config", "--env", f"DPP_PORT={port}", "--env", "DPP_HOST=127.0.0.1", container)
