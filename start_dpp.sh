@@ -84,8 +84,9 @@ check_platform() {
     refuse "this machine has glibc $have, older than the build machine's $glibc; build the bundle on a machine with glibc $have or older"
 }
 
-wants_cpu() {  # whether the flags or the environment put the app on the CPU
-  [ "${DPP_CPU_ONLY:-}" = 1 ] || [ "${DPP_CPU_ONLY:-}" = true ] || [ "${DPP_DEVICE:-}" = cpu ] && return 0
+wants_cpu() {  # whether the flags or the environment put the app on the CPU (as app/settings.py reads them)
+  case "${DPP_CPU_ONLY:-}" in 1|[Tt][Rr][Uu][Ee]|[Yy][Ee][Ss]|[Oo][Nn]) return 0 ;; esac
+  [ "${DPP_DEVICE:-}" = cpu ] && return 0
   local previous=""
   for arg in "${args[@]+"${args[@]}"}"; do
     case "$arg" in --cpu-only|--device=cpu) return 0 ;; esac

@@ -65,9 +65,9 @@ def main(argv: list[str]) -> int:
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
                       GRADIO_ANALYTICS_ENABLED="False", DO_NOT_TRACK="1")
 
+    from app.auth import KeysError
     from app.logs import configure_logging
     from app.server import DrainingServer, create_app
-    from app.auth import KeysError
     from app.tasks import TemplatesError
 
     log_file = configure_logging(None if settings.no_log_file else settings.log_dir, settings.log_level)

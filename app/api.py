@@ -272,7 +272,7 @@ def install(app: FastAPI, settings: Settings, metrics: Metrics, page_uploads: tu
     # sees every request, refused keys too, and its 429 and the key check's 401 carry the request id.
     if keys is not None:
         app.add_middleware(RequireKey, keys=keys,
-                           open_paths=OPEN_PATHS | {METRICS_PATH} if settings.metrics_open else OPEN_PATHS)
+                           open_paths=(OPEN_PATHS | {METRICS_PATH}) if settings.metrics_open else OPEN_PATHS)
     if settings.rate_limit:
         app.add_middleware(RateLimit, rate=settings.rate_limit, burst=settings.rate_burst, keys=keys)
     app.include_router(router)

@@ -365,7 +365,7 @@ def _declare(schema: dict, settings: Settings, service: Service) -> None:
 
 def _declare_access(schema: dict, settings: Settings) -> None:
     """With API keys on: how to send one, and the 401 of every route but the probes; with a rate limit, its 429."""
-    keyed = settings.api_keys_file is not None or bool(settings.api_key)
+    keyed = settings.keyed
     if keyed:
         schema.setdefault("components", {})["securitySchemes"] = {
             "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <API 密钥>"},

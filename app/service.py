@@ -214,11 +214,12 @@ class Service:
         outcomes = [each.outcome for each in gates]
         elapsed_ms = (time.monotonic() - started) * 1000
         result = AugmentResult(list(texts), outcomes, chosen.name, elapsed_ms)
+        dropped = result.dropped()
         if self.metrics:
-            self.metrics.dropped(result.dropped())
+            self.metrics.dropped(dropped)
         log.info("augment engine=%s items=%d variants=%d dropped=%s ms=%.0f params=%s quality=%s",
                  chosen.name, len(texts), sum(map(len, result.variants)),
-                 {reason: n for reason, n in result.dropped().items() if n}, elapsed_ms, params.as_log(), quality)
+                 {reason: n for reason, n in dropped.items() if n}, elapsed_ms, params.as_log(), quality)
         log.debug("augment texts=%s variants=%s", clean, result.variants)
         return result
 

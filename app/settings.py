@@ -171,6 +171,11 @@ class Settings:
             raise SettingsError(f"min_label_prob must be 0-1, got {self.min_label_prob}")
 
     @property
+    def keyed(self) -> bool:
+        """Whether API keys are asked for (app/auth.py reads them)."""
+        return self.api_keys_file is not None or bool(self.api_key.strip())
+
+    @property
     def proxies(self) -> list[str]:
         """The trusted proxies' addresses and networks, as listed."""
         return [proxy.strip() for proxy in self.trusted_proxies.split(",") if proxy.strip()]

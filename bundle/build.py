@@ -400,8 +400,8 @@ def parser() -> argparse.ArgumentParser:
                    help="local model directory (ModelScope or Hugging Face layout; see python -m bundle.fetch)")
     p.add_argument("--profile", choices=PROFILES, required=True,
                    help="what the bundle runs on: cpu (CPU torch, FP16 weights; runs anywhere), gpu (CUDA 13 "
-                        "torch, NVIDIA driver 580.65.06+, which the launcher checks) or cpu-lite (CTranslate2 int8 weights and no torch: smallest "
-                        "and fastest on CPU)")
+                        "torch, NVIDIA driver 580.65.06+, which the launcher checks) or cpu-lite (CTranslate2 int8 "
+                        "weights and no torch: smallest and fastest on CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "dist",
                    help="a folder for the tarball, or a path ending in .tar.gz (default: dist/)")
     p.add_argument("--name", help="top folder and tarball name (default: dpp-VERSION-PROFILE-linux-ARCH)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -164,29 +165,44 @@ def test_the_login_form_sets_a_session_that_is_not_the_key_and_only_goes_to_this
 CHROMIUM = shutil.which("chromium")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian package 'chromium')")
-def test_the_page_asks_for_the_key_then_works(keyed):
-    from playwright.sync_api import expect, sync_playwright
+@contextlib.contextmanager
+def browser_page():
+    """A new Chromium page (Debian's chromium), closed after the block."""
+    from playwright.sync_api import sync_playwright
 
-    from tests.test_ui_browser import LAUNCH_ARGS, run_single
+    from tests.test_ui_browser import LAUNCH_ARGS
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
         try:
             page = browser.new_page()
             page.set_default_timeout(90_000)
-            page.goto(keyed.url)
-            expect(page.get_by_role("heading")).to_contain_text("dpp")
-            page.get_by_label("API 密钥").fill(WRONG)
-            page.get_by_role("button", name="登录").click()
-            expect(page.locator(".error")).to_contain_text("API 密钥不正确")
-            page.get_by_label("API 密钥").fill(KEYS[1])
-            page.get_by_role("button", name="登录").click()
-            expect(page.locator(".dpp-banner").first).to_contain_text("当前引擎")
-            variants = run_single(page, TEXT)  # the page's own calls carry the session
-            assert any(variant and variant != TEXT for variant in variants)
+            yield page
         finally:
             browser.close()
+
+
+def log_in(page, key: str) -> None:
+    """Type `key` into the login form the page shows, and send it."""
+    page.get_by_label("API 密钥").fill(key)
+    page.get_by_role("button", name="登录").click()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (Debian package 'chromium')")
+def test_the_page_asks_for_the_key_then_works(keyed):
+    from playwright.sync_api import expect
+
+    from tests.test_ui_browser import run_single
+
+    with browser_page() as page:
+        page.goto(keyed.url)
+        expect(page.get_by_role("heading")).to_contain_text("dpp")
+        log_in(page, WRONG)
+        expect(page.locator(".error")).to_contain_text("API 密钥不正确")
+        log_in(page, KEYS[1])
+        expect(page.locator(".dpp-banner").first).to_contain_text("当前引擎")
+        variants = run_single(page, TEXT)  # the page's own calls carry the session
+        assert any(variant and variant != TEXT for variant in variants)
 
 
 def test_the_readme_key_examples_run_as_written(keyed, tmp_path):

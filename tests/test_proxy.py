@@ -95,26 +95,20 @@ def test_gradio_client_works_through_the_proxy(proxied):
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium binary on PATH (Debian package 'chromium')")
 def test_the_page_logs_in_and_works_through_the_proxy(proxied):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from tests.test_ui_browser import LAUNCH_ARGS, run_single
+    from tests.test_auth import browser_page, log_in
+    from tests.test_ui_browser import run_single
 
     url, _ = proxied
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=LAUNCH_ARGS)
-        try:
-            page = browser.new_page()
-            page.set_default_timeout(90_000)
-            failed = []
-            page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
-            page.goto(url)  # /dpp: nginx adds the slash, dpp sends the browser to its login form under /dpp
-            expect(page).to_have_url(f"{url}/login?next=/")
-            page.get_by_label("API 密钥").fill(KEY)
-            page.get_by_role("button", name="登录").click()
-            expect(page.locator(".dpp-banner").first).to_contain_text("当前引擎")
-            assert page.url == url + "/"
-            variants = run_single(page, TEXT)
-            assert any(variant and variant != TEXT for variant in variants)
-            assert failed == []
-        finally:
-            browser.close()
+    with browser_page() as page:
+        failed = []
+        page.on("response", lambda r: failed.append((r.status, r.url)) if r.status >= 400 else None)
+        page.goto(url)  # /dpp: nginx adds the slash, dpp sends the browser to its login form under /dpp
+        expect(page).to_have_url(f"{url}/login?next=/")
+        log_in(page, KEY)
+        expect(page.locator(".dpp-banner").first).to_contain_text("当前引擎")
+        assert page.url == url + "/"
+        variants = run_single(page, TEXT)
+        assert any(variant and variant != TEXT for variant in variants)
+        assert failed == []

@@ -196,11 +196,11 @@ class Jobs:
 
     def counts(self) -> dict[str, int]:
         """Jobs by state, every state named (for the metrics); none when the store cannot be read (the log says
-        why, once per scrape)."""
+        why, once per scrape): a scrape never fails for it."""
         try:
-            found = self.store.counts()
-        except (OSError, sqlite3.Error) as exc:
-            log.warning("job store %s unreadable for the metrics: %s", self.store.path, exc)
+            with self._store():
+                found = self.store.counts()
+        except StoreUnavailable:
             found = {}
         return {state: found.get(state, 0) for state in STATES}
 
