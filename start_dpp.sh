@@ -105,9 +105,16 @@ check_driver() {  # a CUDA bundle on a GPU whose driver is older than its torch 
   [ -n "$have" ] || return 0
   [ "$(printf '%s\n%s\n' "$floor" "$have" | sort -V | head -n1)" = "$floor" ] && return 0
   wants_cpu && return 0
+  local cuda12="" cuda12_zh=""
+  if [ "$(printf '%s\n%s\n' 525.60.13 "$have" | sort -V | head -n1)" = 525.60.13 ]; then  # CUDA 12's floor
+    cuda12="
+  This driver runs CUDA 12 builds: a bundle built with python -m bundle.build --profile gpu --cuda cu126 runs here."
+    cuda12_zh="，或改用 --cuda cu126 构建的 GPU 包（CUDA 12，驱动 525.60.13 及以上即可）"
+  fi
   refuse "this bundle's torch ($(version_field torch_build)) needs NVIDIA driver $floor or newer, but this machine has $have.
   Upgrade the driver (see README, \"GPU servers as they are\"), or run on the CPU: ./start_dpp.sh --device cpu,
-  or use a cpu or cpu-lite bundle. (驱动版本 $have 低于此包所需的 $floor：请升级 NVIDIA 驱动，或加 --device cpu 在 CPU 上运行。)"
+  or use a cpu or cpu-lite bundle.$cuda12
+  (驱动版本 $have 低于此包所需的 $floor：请升级 NVIDIA 驱动，或加 --device cpu 在 CPU 上运行$cuda12_zh。)"
 }
 
 verify_manifest() {

@@ -1,6 +1,6 @@
 """Size of a CPU bundle of the mT5-base-shaped model, and its time from ./start_dpp.sh to ready.
 
-    .venv/bin/python -m bench.bundle [--rounds 3] [--profile cpu|gpu|cpu-lite] [--out bench/results/bundle_cpu.json]
+    .venv/bin/python -m bench.bundle [--rounds 3] [--profile cpu|gpu|cpu-lite] [--cuda cu126] [--out FILE.json]
 
 Builds the bundle as users do (python -m bundle.build, default gzip level), unpacks it, verifies
 it, then starts it ROUNDS times with an empty environment and times ./start_dpp.sh until /readyz
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", choices=("cpu", "gpu", "cpu-lite"), default="cpu",
                         help="which bundle to build (a gpu bundle runs on this machine's CPU here)")
+    parser.add_argument("--cuda", help="for --profile gpu: the CUDA build of torch (bundle.build's --cuda)")
     parser.add_argument("--model-dir", type=Path, help="checkpoint to bundle (default: bench.base_model's)")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dist = work / "dist"
         build_seconds = timed([sys.executable, "-m", "bundle.build", "--model-dir", str(model),
-                               "--profile", args.profile, "--out", str(dist)], cwd=ROOT)
+                               "--profile", args.profile, "--out", str(dist),
+                               *(["--cuda", args.cuda] if args.cuda else [])], cwd=ROOT)
         (tarball,) = dist.glob("*.tar.gz")
         target = work / "target"
         target.mkdir()
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                    for name, phases in runs.items()}
         report = {
             "benchmark": f"bundle_{args.profile}",
-            "profile": args.profile,
+            "profile": args.profile, "cuda": args.cuda,
             "machine": describe(),
             "model": "mT5-base-shaped, random weights (582M parameters, untied lm_head)",
             "source_checkpoint_bytes": sum(p.stat().st_size for p in Path(model).glob("*.bin")),

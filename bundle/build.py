@@ -29,16 +29,14 @@ from app.engines.model_files import inspect_model_dir
 from app.errors import ModelUnavailable
 from app.settings import CT2_DIR_NAME, MODEL_ID, ROOT, Settings
 from bundle.convert import ConvertError, convert, convert_ct2
-from bundle.fetch import connect_failure
+from bundle.cuda import (PYPI_VARIANT, CudaVariant, LockError, index_args, lock_lines, locked_torch_version, make_lock,
+                         normal, torch_build, variant, where_to_get)
 from bundle.progress import Progress, human_size
 
 PROFILES = ("cpu", "gpu", "cpu-lite")
 # cpu-lite serves with CTranslate2 only: no torch, and no package that only torch or transformers needs.
 LITE_LEAVES_OUT = ("torch", "sympy", "mpmath", "networkx", "transformers", "safetensors", "regex")
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-# The oldest NVIDIA driver (Linux) each CUDA major release runs on, with CUDA's minor version compatibility
-# (NVIDIA's CUDA compatibility guide): the bundle records its torch's floor, and the launcher checks the driver.
-DRIVER_FLOORS = {"11": "450.80.02", "12": "525.60.13", "13": "580.65.06"}
 APP_FILES = ("app", "webui.py", "start_dpp.sh", "requirements.lock", "README.md", "pyproject.toml")
 MODEL_SUBDIR = Settings().model_dir.relative_to(ROOT)
 # Parts of the standard library a headless server never uses (and _tkinter would drag in X11).
@@ -150,12 +148,7 @@ def carry_shared_libraries(python_dir: Path) -> list[str]:
 
 # --- packages ------------------------------------------------------------------------------------
 
-def _lock_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text("utf-8").splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
-
-
-def _pip(requirements: list[str], site: Path, step: str, extra: list[str]) -> None:
+def _pip(requirements: list[str], site: Path, step: str, extra: list[str], hint: str = "") -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
         handle.write("\n".join(requirements) + "\n")
     command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-warn-script-location",
@@ -171,63 +164,57 @@ def _pip(requirements: list[str], site: Path, step: str, extra: list[str]) -> No
     os.unlink(handle.name)
     if process.wait() != 0:
         print("\n".join(line for line in tail if "is ignored: it is neither" not in line), file=sys.stderr)
-        raise BuildError(f"pip could not install the packages ({step}); its output is above")
+        raise BuildError(f"pip could not install the packages ({step}); its output is above. {hint}".rstrip())
     progress.done()
 
 
-def torch_build(site: Path) -> str:
-    """'cpu' or 'cuda<version>', read from the installed torch."""
-    text = (site / "torch" / "version.py").read_text("utf-8")
-    cuda = re.search(r"^cuda: .*= (.+)$", text, re.M)
-    value = cuda.group(1).strip().strip("'\"") if cuda else "None"
-    return "cpu" if value == "None" else f"cuda{value}"
-
-
-def driver_floor(built: str) -> str:
-    """The oldest NVIDIA driver a torch build ('cuda13.0') needs; 'none' for a CPU build."""
-    if not built.startswith("cuda"):
-        return "none"
-    major = built.removeprefix("cuda").split(".")[0]
-    if major not in DRIVER_FLOORS:
-        raise BuildError(f"torch was built for CUDA {built.removeprefix('cuda')}, whose driver floor this build does "
-                         f"not know; add it to DRIVER_FLOORS in bundle/build.py")
-    return DRIVER_FLOORS[major]
-
-
-def _package(line: str) -> str:
-    return re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0].lower().replace("_", "-")
-
-
-def install_packages(site: Path, profile: str, torch_index: str | None, pip_args: list[str]) -> tuple[str, str]:
-    """Install requirements.lock (and, for gpu, bundle/gpu.lock) into `site`; return torch version and build
-    ("none" for cpu-lite, which installs the lock without LITE_LEAVES_OUT)."""
-    lines = _lock_lines(ROOT / "requirements.lock")
+def install_packages(site: Path, profile: str, torch_index: str, pip_args: list[str],
+                     cuda: CudaVariant | None = None) -> tuple[str, str]:
+    """Install requirements.lock (and, for gpu, the lock of `cuda`, PyPI's by default) into `site`; return
+    torch's version and build ("none" for cpu-lite, which installs the lock without LITE_LEAVES_OUT)."""
+    lines = lock_lines(ROOT / "requirements.lock")
     if profile == "cpu-lite":
-        _pip([line for line in lines if _package(line) not in LITE_LEAVES_OUT], site, "install packages",
-             list(pip_args))
+        kept = [line for line in lines if normal(re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0]) not in LITE_LEAVES_OUT]
+        _pip(kept, site, "install packages", list(pip_args))
         return "none", "none"
-    torch_pins = [line for line in lines if re.match(r"torch==", line)]
-    if len(torch_pins) != 1:
-        raise BuildError("requirements.lock must pin torch exactly once (torch==X.Y.Z)")
-    version = torch_pins[0].split("==", 1)[1]
-    # '===' matches the version string exactly: the CPU build is X.Y.Z+cpu, PyPI's CUDA build X.Y.Z.
-    wanted = f"torch==={version}+cpu" if profile == "cpu" else f"torch==={version}"
-    extra = list(pip_args)
-    if torch_index:
-        if connect_failure(torch_index, timeout=3.0) is None:
-            extra += ["--extra-index-url", torch_index]
-        else:
-            say(f"{torch_index} is not reachable; torch comes from pip's configured sources")
-    _pip([wanted], site, "install torch", extra)
+    try:
+        version = locked_torch_version()
+    except LockError as exc:
+        raise BuildError(str(exc)) from exc
+    if profile == "cpu":
+        # '===' matches the version string exactly: the CPU build is X.Y.Z+cpu (CUDA ones: X.Y.Z or X.Y.Z+cuXYZ).
+        wanted, expected, hint = f"torch==={version}+cpu", "cpu", ""
+    else:
+        cuda = cuda or variant(PYPI_VARIANT)
+        wanted, expected, hint = cuda.torch_requirement(version), f"cuda{cuda.cuda}", where_to_get(cuda, torch_index)
+    _pip([wanted], site, "install torch", index_args(torch_index) + list(pip_args), hint)
     built = torch_build(site)
-    if (profile == "cpu") != (built == "cpu"):
-        raise BuildError(f"the {profile} profile needs a {'CPU' if profile == 'cpu' else 'CUDA'} torch, "
-                         f"but pip installed a {built} build; point pip at the right wheel with --torch-index")
-    rest = [line for line in lines if line not in torch_pins]
+    if built != expected:
+        if profile == "cpu":
+            why = "the cpu profile needs a CPU torch", "point pip at the right wheel with --torch-index"
+        else:
+            why = (f"--cuda {cuda.name} needs a CUDA {cuda.cuda} torch",
+                   f"PyPI's torch {version} is not a CUDA {cuda.cuda} build: set PYPI_VARIANT in bundle/cuda.py"
+                   if cuda.from_pypi else "point pip at the right wheel with --torch-index")
+        raise BuildError(f"{why[0]}, but pip installed a {built} build; {why[1]}")
+    rest = [line for line in lines if not line.startswith("torch==")]
     if profile == "gpu":
-        rest += _lock_lines(Path(__file__).with_name("gpu.lock"))
+        rest += lock_lines(cuda.lock_path())
     _pip(rest, site, "install packages", list(pip_args))
-    return f"{version}+cpu" if profile == "cpu" else version, built
+    return wanted.removeprefix("torch==="), built
+
+
+def ensure_cuda_lock(cuda: CudaVariant, torch_index: str, pip_args: list[str]) -> Path:
+    """The variant's lock; made now (and written into bundle/, to commit) when this checkout has none yet."""
+    path = cuda.lock_path()
+    if not path.exists():
+        say(f"no {path.name} yet: resolving the CUDA libraries of torch {cuda.name} with pip")
+        try:
+            pins = make_lock(cuda, torch_index, pip_args, path)
+        except LockError as exc:
+            raise BuildError(str(exc)) from exc
+        say(f"wrote {path} ({len(pins)} packages): commit it, so that later builds install the same")
+    return path
 
 
 def slim_site_packages(site: Path) -> int:
@@ -344,7 +331,11 @@ def compress(top: Path, tarball: Path, level: int) -> None:
 
 def build(args: argparse.Namespace) -> Path:
     arch = platform.machine()
-    name = args.name or f"dpp-{app_version()}-{args.profile}-linux-{arch}"
+    if args.cuda is not None and args.profile != "gpu":
+        raise BuildError(f"--cuda chooses the CUDA build of torch for --profile gpu; {args.profile} has none")
+    cuda = (args.cuda or variant(PYPI_VARIANT)) if args.profile == "gpu" else None
+    flavour = f"gpu-{cuda.name}" if cuda else args.profile
+    name = args.name or f"dpp-{app_version()}-{flavour}-linux-{arch}"
     out = args.out.resolve()
     tarball = out if out.name.endswith(".tar.gz") else out / f"{name}.tar.gz"
     if tarball.exists() and not args.force:
@@ -355,6 +346,10 @@ def build(args: argparse.Namespace) -> Path:
         inspect_model_dir(args.model_dir)  # refuse a wrong directory now, not after minutes of installing
     except ModelUnavailable as exc:
         raise BuildError(exc.message) from exc
+    torch_index = args.torch_index if args.torch_index is not None else (
+        CPU_TORCH_INDEX if args.profile == "cpu" else cuda.torch_index() if cuda else "")
+    if cuda:
+        ensure_cuda_lock(cuda, torch_index, args.pip_arg)
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=args.work_dir or tarball.parent))
     top = work / name
     try:
@@ -362,9 +357,7 @@ def build(args: argparse.Namespace) -> Path:
         top.mkdir()
         python_version = copy_interpreter(Path(sys.base_prefix), top / "python")
         site = top / "python" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-        torch_index = args.torch_index if args.torch_index is not None else (
-            CPU_TORCH_INDEX if args.profile == "cpu" else "")
-        torch_version, built = install_packages(site, args.profile, torch_index, args.pip_arg)
+        torch_version, built = install_packages(site, args.profile, torch_index, args.pip_arg, cuda)
         say(f"dropped {human_size(slim_site_packages(site))} of tests, headers and scripts")
         carried = carry_shared_libraries(top / "python")
         say(f"carried {len(carried)} shared libraries: {', '.join(carried) or 'none'}")
@@ -376,7 +369,8 @@ def build(args: argparse.Namespace) -> Path:
         smoke_test(top, args.profile)
         write_version(top, {
             "app_version": app_version(), "python": python_version, "torch": torch_version, "torch_build": built,
-            "driver_min": driver_floor(built), "profile": args.profile, "glibc": glibc, "arch": arch,
+            "cuda_variant": cuda.name if cuda else "none", "driver_min": cuda.driver_min if cuda else "none",
+            "profile": args.profile, "glibc": glibc, "arch": arch,
             "build_date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "model_id": args.model_id, "model_dtype": "int8-ctranslate2" if args.profile == "cpu-lite" else "float16",
         })
@@ -399,16 +393,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True,
                    help="local model directory (ModelScope or Hugging Face layout; see python -m bundle.fetch)")
     p.add_argument("--profile", choices=PROFILES, required=True,
-                   help="what the bundle runs on: cpu (CPU torch, FP16 weights; runs anywhere), gpu (CUDA 13 "
-                        "torch, NVIDIA driver 580.65.06+, which the launcher checks) or cpu-lite (CTranslate2 int8 "
+                   help="what the bundle runs on: cpu (CPU torch, FP16 weights; runs anywhere), gpu (CUDA torch, "
+                        "see --cuda; the launcher checks the NVIDIA driver) or cpu-lite (CTranslate2 int8 "
                         "weights and no torch: smallest and fastest on CPU)")
     p.add_argument("--out", type=Path, default=ROOT / "dist",
                    help="a folder for the tarball, or a path ending in .tar.gz (default: dist/)")
     p.add_argument("--name", help="top folder and tarball name (default: dpp-VERSION-PROFILE-linux-ARCH)")
     p.add_argument("--model-id", default=MODEL_ID, help=f"model id recorded in VERSION (default: {MODEL_ID})")
+    p.add_argument("--cuda", type=variant, metavar="cuXYZ",
+                   help=f"for --profile gpu: the CUDA build of torch, as PyTorch names it (default {PYPI_VARIANT}, "
+                        "PyPI's torch: NVIDIA driver 580.65.06+; cu126 or cu128 from the PyTorch index: driver "
+                        "525.60.13+). Its CUDA libraries are pinned in bundle/gpu-cuXYZ.lock, made on first use")
     p.add_argument("--torch-index",
                    help=f"extra package index for torch (default for cpu: {CPU_TORCH_INDEX}, skipped when "
-                        "unreachable; for gpu: none, PyPI's torch is the CUDA build); '' for none")
+                        f"unreachable; for gpu: none for {PYPI_VARIANT}, else https://download.pytorch.org/whl/cuXYZ)"
+                        "; '' for none")
     p.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for pip, repeatable (e.g. --pip-arg=--index-url=https://mirror/simple)")
     p.add_argument("--compress-level", type=int, default=6, choices=range(0, 10), metavar="0-9",

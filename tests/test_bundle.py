@@ -100,7 +100,7 @@ def test_version_records_the_build(bundle):
     assert fields["glibc"] == platform.libc_ver()[1]
     assert fields["arch"] == platform.machine()
     assert fields["torch"] == "2.13.0+cpu" and fields["torch_build"] == "cpu" and fields["profile"] == "cpu"
-    assert fields["driver_min"] == "none"
+    assert fields["driver_min"] == "none" and fields["cuda_variant"] == "none"
     assert fields["model_id"] == "damo/nlp_mt5_zero-shot-augment_chinese-base"
     assert fields["model_dtype"] == "float16"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", fields["build_date"])
@@ -197,7 +197,7 @@ def test_a_machine_the_bundle_was_not_built_for_is_refused(bundle, tools, field,
 
 
 @pytest.mark.parametrize("driver, flags, refused", [
-    ("535.104.05", (), True), ("580.65.06", (), False), ("590.1", (), False),
+    ("535.104.05", (), True), ("470.256.02", (), True), ("580.65.06", (), False), ("590.1", (), False),
     ("535.104.05", ("--device", "cpu"), False), ("535.104.05", ("--cpu-only",), False),
 ])
 def test_a_cuda_bundle_on_an_older_driver_says_what_to_do_before_starting(bundle, tools, tmp_path, driver, flags,
@@ -219,6 +219,8 @@ def test_a_cuda_bundle_on_an_older_driver_says_what_to_do_before_starting(bundle
     if refused:
         assert result.returncode == 3, result.stderr
         assert all(word in result.stderr for word in ("580.65.06", driver, "--device cpu", "Upgrade the driver"))
+        # a CUDA 12 bundle is named only where it would run (CUDA 12 needs 525.60.13)
+        assert ("--cuda cu126" in result.stderr) == driver.startswith("535"), result.stderr
     else:
         assert result.returncode == 0, result.stderr
 
@@ -328,8 +330,8 @@ def test_build_help_documents_every_option():
     result = subprocess.run([sys.executable, "-m", "bundle.build", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0
-    for option in ("--model-dir", "--profile", "--out", "--name", "--model-id", "--torch-index", "--pip-arg",
-                   "--compress-level", "--work-dir", "--keep-stage", "--force"):
+    for option in ("--model-dir", "--profile", "--cuda", "--out", "--name", "--model-id", "--torch-index",
+                   "--pip-arg", "--compress-level", "--work-dir", "--keep-stage", "--force"):
         assert option in result.stdout
 
 
@@ -340,7 +342,7 @@ class RecordedPip:
         self.calls: list[tuple[list[str], list[str]]] = []
         self.build = build
 
-    def install(self, requirements, site, step, extra):
+    def install(self, requirements, site, step, extra, hint=""):
         self.calls.append((list(requirements), list(extra)))
 
 
@@ -355,10 +357,10 @@ def test_each_profile_installs_the_lock_with_its_own_torch(monkeypatch, tmp_path
     version, built = builder.install_packages(tmp_path, profile, "", ["--index-url=https://mirror.example/simple"])
     (torch_step, torch_extra), (rest, rest_extra) = pip.calls
     assert torch_step == [torch_pin] and built == build
-    assert "--index-url=https://mirror.example/simple" in torch_extra and rest_extra == torch_extra
+    assert torch_extra == rest_extra == ["--index-url=https://mirror.example/simple"]
     locked = [line for line in (ROOT / "requirements.lock").read_text().splitlines()
               if "==" in line and not line.startswith("#") and not line.startswith("torch==")]
-    gpu = [line for line in (ROOT / "bundle" / "gpu.lock").read_text().splitlines() if line and line[0] != "#"]
+    gpu = [line for line in (ROOT / "bundle" / "gpu-cu130.lock").read_text().splitlines() if line and line[0] != "#"]
     assert rest == locked + (gpu if profile == "gpu" else [])
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==[\w.+-]+", line) for line in gpu)
 

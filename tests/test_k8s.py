@@ -26,8 +26,8 @@ EXAMPLES = K8S / "examples"
 # The oldest Kubernetes we deploy to (the preStop sleep action is on by default from 1.30, and PDB's
 # unhealthyPodEvictionPolicy is GA in 1.31), and the newest the pinned kubernetes-validate knows.
 KUBERNETES_VERSIONS = ("1.31", "1.37")
-# What a kustomization here may use; this file's builder understands resources and patches, and the labels
-# and images transformers change nothing the checks below look at.
+# What a kustomization here may use; this file's builder understands resources, patches and images, and the
+# labels transformer changes nothing the checks below look at.
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "namespace", "labels", "resources", "patches", "images"}
 # Variables naming a directory dpp or its libraries write to: each must lie on a writable emptyDir.
 WRITTEN_DIRS = ("DPP_DATA_DIR", "DPP_LOG_DIR", "GRADIO_TEMP_DIR", "TMPDIR", "XDG_CACHE_HOME", "CUDA_CACHE_PATH")
@@ -63,7 +63,7 @@ def _merge(base, patch):
 
 
 def _build(directory: Path) -> list[dict]:
-    """What `kubectl kustomize DIRECTORY` gives, short of labels and images."""
+    """What `kubectl kustomize DIRECTORY` gives, short of labels."""
     kustomization = _kustomization(directory)
     assert set(kustomization) <= KUSTOMIZATION_FIELDS, set(kustomization) - KUSTOMIZATION_FIELDS
     docs: list[dict] = []
@@ -76,6 +76,12 @@ def _build(directory: Path) -> list[dict]:
             targets = [i for i, doc in enumerate(docs) if _key(doc) == _key(patch)]
             assert len(targets) == 1, f"{entry['path']}: no single {_key(patch)} to patch"
             docs[targets[0]] = _merge(docs[targets[0]], patch)
+    for entry in kustomization.get("images", []):
+        for doc in docs:
+            for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                name, _, tag = container["image"].partition(":")
+                if name == entry["name"]:
+                    container["image"] = f"{entry.get('newName', name)}:{entry.get('newTag', tag)}"
     return docs
 
 
@@ -209,7 +215,7 @@ def test_every_built_object_is_valid_kubernetes(directory, version):
 
 @pytest.mark.parametrize("directory", [BASE, GPU], ids=["base", "gpu"])
 def test_kustomize_builds_what_these_checks_read(directory):
-    """kubectl's (or kustomize's) own build is valid, and equal to ours but for the labels and images it sets."""
+    """kubectl's (or kustomize's) own build is valid, and equal to ours but for the labels it sets."""
     real = _kustomize(directory)
     for doc in real:
         kubernetes_validate.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
@@ -303,8 +309,14 @@ def test_pods_run_as_the_images_user_with_nothing_to_spare(profile, request):
     assert container["capabilities"] == {"drop": ["ALL"]}
     assert container["seccompProfile"] == {"type": "RuntimeDefault"}
     assert built.pod["automountServiceAccountToken"] is False
-    assert built.container["image"] == "dpp:0.1.0"
+    assert built.container["image"] == {"base": "dpp:0.1.0", "gpu": "dpp:0.1.0-gpu"}[profile]
     assert {"name": "dpp", "newName": "dpp", "newTag": "0.1.0"} in _kustomization(BASE)["images"]
+
+
+def test_the_gpu_overlay_runs_the_image_of_a_gpu_bundle():
+    (image,) = _kustomization(GPU)["images"]
+    assert image["newTag"] == "0.1.0-gpu"  # not the base's image, which is built from a CPU bundle
+    assert "--cuda cu126" in (GPU / "kustomization.yaml").read_text()
 
 
 @pytest.mark.parametrize("profile", ["base", "gpu"])
