@@ -3,7 +3,8 @@
 # In a checkout it sets up .venv from requirements.lock once. In a bundle (VERSION and python/ beside
 # it) it uses only the bundled Python, after checking this machine can run it; it never calls pip.
 # Flags of its own: --setup-only (prepare or check, then exit), --dev (checkout: also install
-# requirements-dev.lock), --verify (bundle: check every file against MANIFEST first).
+# requirements-dev.lock and requirements-ray.lock), --ray (checkout: also install requirements-ray.lock, for
+# file jobs on a Ray cluster), --verify (bundle: check every file against MANIFEST first).
 # Every other flag goes to webui.py; `./start_dpp.sh --help` lists them.
 set -euo pipefail
 
@@ -12,13 +13,15 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 setup_only=0
 dev=0
+ray=0
 verify=0
 want_help=0
 args=()
 for arg in "$@"; do
   case "$arg" in
     --setup-only) setup_only=1 ;;
-    --dev) dev=1 ;;
+    --dev) dev=1; ray=1 ;;
+    --ray) ray=1 ;;
     --verify) verify=1 ;;
     -h|--help) want_help=1; args+=("$arg") ;;
     *) args+=("$arg") ;;
@@ -42,7 +45,8 @@ install_lock() {  # install_lock LOCKFILE STAMPFILE
 }
 
 setup_venv() {
-  if [ -x "$PY" ] && installed requirements.lock .dpp-lock && { [ "$dev" = 0 ] || installed requirements-dev.lock .dpp-dev-lock; }; then
+  if [ -x "$PY" ] && installed requirements.lock .dpp-lock && { [ "$dev" = 0 ] || installed requirements-dev.lock .dpp-dev-lock; } &&
+     { [ "$ray" = 0 ] || installed requirements-ray.lock .dpp-ray-lock; }; then
     return 0
   fi
   if ! command -v "$BASE_PY" >/dev/null 2>&1; then
@@ -58,6 +62,9 @@ setup_venv() {
   installed requirements.lock .dpp-lock || install_lock requirements.lock .dpp-lock
   if [ "$dev" = 1 ] && ! installed requirements-dev.lock .dpp-dev-lock; then
     install_lock requirements-dev.lock .dpp-dev-lock
+  fi
+  if [ "$ray" = 1 ] && ! installed requirements-ray.lock .dpp-ray-lock; then
+    install_lock requirements-ray.lock .dpp-ray-lock
   fi
   echo "Environment ready: $VENV"
 }
@@ -147,6 +154,7 @@ export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
 
 if [ -f "$ROOT/VERSION" ] && [ -d "$ROOT/python" ]; then
   [ "$dev" = 0 ] || refuse "--dev is for a checkout; a bundle carries only the runtime packages"
+  [ "$ray" = 0 ] || refuse "--ray is for a checkout: Ray is not in the bundle; run file jobs on Ray from a checkout"
   check_platform
   check_driver
   [ "$verify" = 0 ] || verify_manifest

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import signal
 import threading
@@ -16,7 +15,7 @@ from fastapi import FastAPI
 from app import api
 from app.api_errors import UTF8JSONResponse
 from app.auth import load_keys
-from app.engines import engines_to_load, load_engine
+from app.engines import engine_loaders
 from app.jobs.manager import Jobs
 from app.metrics import Metrics
 from app.openapi import install_openapi
@@ -43,8 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        loaders = {name: functools.partial(load_engine, settings, name) for name in engines_to_load(settings)}
-        loader = threading.Thread(target=service.load, args=(loaders,), name="dpp-engine-load", daemon=True)
+        loader = threading.Thread(target=service.load, args=(engine_loaders(settings),), name="dpp-engine-load",
+                                  daemon=True)
         loader.start()
         # File jobs run on this loop, in chunks through the service; unfinished ones resume once the model is ready.
         jobs.attach(asyncio.get_running_loop())

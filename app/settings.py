@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ CT2_DIR_NAME = "ctranslate2"  # where `python -m bundle.convert --ct2` puts the 
 ENGINE_CHOICES = ("auto", *ENGINES)
 DECODERS = ("auto", "fast", "generate")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+JOB_EXECUTORS = ("local", "ray")
+RAY_ADDRESS = re.compile(r"^(auto|(ray://)?[A-Za-z0-9._-]+:\d{1,5})$")
 
 
 class SettingsError(ValueError):
@@ -98,6 +101,14 @@ class Settings:
     max_file_rows: int = _opt(100_000, "most data rows in a job's file")
     job_chunk_rows: int = _opt(50, "rows a file job sends to the model at a time; a job resumes from its last "
                                    "finished chunk")
+    job_executor: str = _opt("local", "where file jobs run: local (this process's engines) or ray (a Ray "
+                                      "cluster, --ray-address; needs ./start_dpp.sh --setup-only --ray)")
+    ray_address: str = _opt("auto", "--job-executor ray: the cluster's head, HOST:PORT as `ray start --head` "
+                                    "prints it, or auto (RAY_ADDRESS, or the cluster this machine is a node of)")
+    ray_actors: int = _opt(0, "--job-executor ray: model copies (Ray actors) a job runs on; 0: one per GPU of the "
+                              "cluster, or one per node where it has none")
+    ray_actor_cpus: float = _opt(1.0, "--job-executor ray, on CPU nodes: cores each actor reserves (and its "
+                                      "engine's threads)")
     api_keys_file: Path | None = _opt(None, "file of API keys, one per line (# starts a comment): when set, every "
                                             "route but /healthz and /readyz needs a key (REST: Authorization: "
                                             "Bearer KEY or X-API-Key: KEY), and the page asks for one", kind=Path)
@@ -157,6 +168,17 @@ class Settings:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise SettingsError(f"trusted_proxies: {proxy!r} is not an address or a network") from None
+        if self.job_executor not in JOB_EXECUTORS:
+            raise SettingsError(f"job_executor must be {' or '.join(JOB_EXECUTORS)}, got {self.job_executor!r}")
+        if self.job_executor == "ray" and importlib.util.find_spec("ray") is None:
+            raise SettingsError("job_executor ray needs Ray, which is not installed here: run ./start_dpp.sh "
+                                "--setup-only --ray (it installs requirements-ray.lock), on every node too")
+        if not RAY_ADDRESS.match(self.ray_address):
+            raise SettingsError(f"ray_address must be auto or HOST:PORT (the head's, as ray start --head prints "
+                                f"it), got {self.ray_address!r}")
+        if self.ray_actors < 0 or self.ray_actor_cpus <= 0:
+            raise SettingsError(f"ray_actors must be 0 or more and ray_actor_cpus positive, got {self.ray_actors} "
+                                f"and {self.ray_actor_cpus}")
         if self.drain_seconds < 0:
             raise SettingsError(f"drain_seconds must be 0 or more, got {self.drain_seconds}")
 

@@ -10,8 +10,9 @@ APP = Path(__file__).resolve().parent.parent / "app"
 # The surfaces: the REST routes and their schema, the page and the Gradio API.
 SURFACES = [APP / "api.py", APP / "api_errors.py", APP / "api_jobs.py", APP / "openapi.py",
             *sorted((APP / "ui").glob("*.py"))]
-# File jobs: shared by every surface, so they know none; only the CLI, an entry point like server.py, loads engines.
-JOBS = sorted(path for path in (APP / "jobs").glob("*.py") if path.name not in ("cli.py", "__main__.py"))
+# File jobs: shared by every surface, so they know none; only the entry points load engines: the CLI (like
+# server.py) and the Ray actor, which runs in a process of its own on a cluster's node.
+JOBS = sorted(path for path in (APP / "jobs").glob("*.py") if path.name not in ("cli.py", "__main__.py", "actor.py"))
 
 
 def _imports(path: Path) -> set[str]:
@@ -56,4 +57,4 @@ def test_service_is_the_only_way_to_an_engine():
 
 
 def test_engines_package_exports_the_protocol_and_the_loader_only():
-    assert app.engines.__all__ == ["Engine", "engines_to_load", "load_engine"]
+    assert app.engines.__all__ == ["Engine", "engine_loaders", "engines_to_load", "load_engine"]

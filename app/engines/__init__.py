@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from app.engines.base import Engine
 from app.settings import Settings
 
-__all__ = ["Engine", "engines_to_load", "load_engine"]
+__all__ = ["Engine", "engine_loaders", "engines_to_load", "load_engine"]
+
+
+def engine_loaders(settings: Settings) -> dict[str, Callable[[], Engine]]:
+    """What `Service.load` takes: each engine of `settings` to load, in order of preference, with its loader."""
+    return {name: functools.partial(load_engine, settings, name) for name in engines_to_load(settings)}
 
 
 def engines_to_load(settings: Settings) -> tuple[str, ...]:

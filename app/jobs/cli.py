@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import sqlite3
@@ -18,6 +17,7 @@ import sys
 from pathlib import Path
 
 from app.errors import DppError, StoreUnavailable
+from app.jobs.cluster import ClusterUnavailable
 from app.jobs.export import OUTPUT_FORMATS, write_result
 from app.jobs.manager import Jobs
 from app.jobs.runner import JobStopped
@@ -27,7 +27,7 @@ from app.settings import SettingsError, load_settings
 POLL_S = 0.5
 STATE_SUFFIX = ".dpp-job"
 # Server settings the CLI takes as flags; every other one is read from its DPP_* variable.
-SETTING_FLAGS = ("model_dir", "data_dir", "device", "log_dir")
+SETTING_FLAGS = ("model_dir", "data_dir", "device", "log_dir", "job_executor", "ray_address")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -119,7 +119,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
-    from app.engines import engines_to_load, load_engine
+    from app.engines import engine_loaders
     from app.logs import configure_logging
     from app.service import Service
     from app.tasks import load_templates
@@ -134,7 +134,7 @@ def main(argv: list[str]) -> int:
             print(f"error: {state} names an unfinished run for {args.output}: add --resume to continue it, "
                   "or delete that file to start again", file=sys.stderr)
             return 2
-        service.load({name: functools.partial(load_engine, settings, name) for name in engines_to_load(settings)})
+        service.load(engine_loaders(settings))
         if not service.readiness().ready:
             print(f"error: no engine loaded: {service.readiness().reason}", file=sys.stderr)
             return 1
@@ -157,6 +157,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted: run again with --resume to continue ({state})", file=sys.stderr)
         return 130
+    except ClusterUnavailable as exc:
+        print(f"error: cannot reach the cluster: {exc}\nStart it (README: \"File jobs on a Ray cluster\"), then run "
+              f"again with --resume ({state})", file=sys.stderr)
+        return 1
     except (OSError, sqlite3.Error) as exc:
         print(f"error: {exc}: run again with --resume to continue once it is fixed ({state})", file=sys.stderr)
         return 1

@@ -27,6 +27,7 @@ from app.errors import (
     TextTooLong,
 )
 from app.jobs import results
+from app.jobs.cluster import RayCluster
 from app.jobs.formats import FileInvalid, Table, open_table, require_column
 from app.jobs.runner import JobRunner, label_of, text_of
 from app.jobs.spec import (
@@ -53,7 +54,8 @@ class Jobs:
         self.service = service
         self.settings = settings
         self.store = JobStore(settings.data_dir)
-        self.runner = JobRunner(service, self.store)
+        self.runner = JobRunner(service, self.store,
+                                RayCluster(settings) if settings.job_executor == "ray" else None)
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's: the runner lives on it
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:

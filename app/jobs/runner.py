@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from app import gate
 from app.errors import DppError, NotReady, Overloaded, RequestTimeout
+from app.jobs.cluster import ClusterUnavailable, RayCluster
 from app.jobs.spec import JobSpec
 from app.jobs.store import Job, JobStore
 from app.service import Service
@@ -66,9 +67,10 @@ def label_of(values: dict, column: str | None) -> str | None:
 
 
 class JobRunner:
-    def __init__(self, service: Service, store: JobStore) -> None:
+    def __init__(self, service: Service, store: JobStore, cluster: RayCluster | None = None) -> None:
         self.service = service
         self.store = store
+        self.cluster = cluster  # --job-executor ray: chunks run there, not on this process's engines
         self.progress: Progress | None = None
         self._wake = asyncio.Event()
         self._chunk: asyncio.Task | None = None
@@ -108,6 +110,9 @@ class JobRunner:
                 await self.run(job)
             except JobStopped:
                 continue
+            except ClusterUnavailable as exc:
+                log.warning("job %s waits for its cluster (%s); trying again in %.0f s", job.id, exc, STORE_RETRY_S)
+                await asyncio.sleep(STORE_RETRY_S)
             except Exception:  # the store failed under the job: it stays unfinished and is tried again
                 log.exception("job %s could not be stored; trying again in %.0f s", job.id, STORE_RETRY_S)
                 await asyncio.sleep(STORE_RETRY_S)
@@ -117,6 +122,9 @@ class JobRunner:
         await self._until_ready()
         notes = list(job.notes)
         check = self._label_check(job, notes)
+        if self.cluster is not None:
+            where = await asyncio.to_thread(self.cluster.describe)
+            notes = [note for note in notes if not note.startswith(where.split("：")[0])] + [where]
         if not await asyncio.to_thread(self.store.start, job.id, notes):
             raise JobStopped(job.id)
         log.info("job %s %s: rows %d-%d of %d", job.id, "resumes" if job.chunks_done else "starts",
@@ -124,13 +132,15 @@ class JobRunner:
         self.progress = Progress(job.id, time.monotonic(), job.rows_done)
         counts = job.counts or empty_counts(job.spec)
         try:
-            for chunk in range(job.chunks_done, job.chunks_total):
-                first = chunk * job.spec.chunk_rows + 1
-                rows = await asyncio.to_thread(self.store.input_rows, job.id, first, first + job.spec.chunk_rows - 1)
-                results = await self._chunk_results(job, chunk, rows, check)
+            chunks = self._local_chunks(job, check) if self.cluster is None else self._cluster_chunks(job, check)
+            async for chunk, results in chunks:
                 add_counts(counts, job.spec, results)
                 if not await asyncio.to_thread(self.store.commit_chunk, job.id, chunk, results, counts):
                     raise JobStopped(job.id)
+            if self.cluster is not None:  # where the chunks ran, this (re)start: one count per node
+                ran = "、".join(str(count) for count in sorted(self.cluster.nodes_used.values(), reverse=True))
+                notes[-1] += f"；本次各节点完成的块数：{ran or 0}"
+                await asyncio.to_thread(self.store.set_notes, job.id, notes)
             await asyncio.to_thread(self.store.finish, job.id, "done")
             log.info("job %s done: %d rows", job.id, job.rows_total)
         except (JobStopped, asyncio.CancelledError):
@@ -138,8 +148,8 @@ class JobRunner:
                 log.info("job %s stopped", job.id)
                 raise JobStopped(job.id) from None
             raise
-        except (sqlite3.Error, OSError):
-            raise  # the store failed, not the job: it stays unfinished, and run_forever tries again
+        except (sqlite3.Error, OSError, ClusterUnavailable):
+            raise  # the store or the cluster failed, not the job: it stays unfinished, and run_forever tries again
         except DppError as exc:
             log.warning("job %s failed: %s", job.id, exc.message)
             await asyncio.to_thread(self.store.finish, job.id, "failed", exc.message)
@@ -171,16 +181,43 @@ class JobRunner:
             return False
         return True
 
+    async def _local_chunks(self, job: Job, check: bool):
+        """(chunk, results) for each unfinished chunk, through this process's service."""
+        for chunk in range(job.chunks_done, job.chunks_total):
+            first = chunk * job.spec.chunk_rows + 1
+            rows = await asyncio.to_thread(self.store.input_rows, job.id, first, first + job.spec.chunk_rows - 1)
+            yield chunk, await self._chunk_results(job, chunk, rows, check)
+
+    async def _cluster_chunks(self, job: Job, check: bool):
+        """(chunk, results) for each unfinished chunk, from the Ray cluster; stop_job cancels the wait."""
+        stream = self.cluster.chunks(job, check, self.store)
+        try:
+            while True:
+                self._stopping(job)
+                self._chunk = asyncio.ensure_future(anext(stream, None))
+                try:
+                    item = await self._chunk
+                finally:
+                    self._chunk = None
+                if item is None:
+                    return
+                yield item
+        finally:
+            await stream.aclose()
+
+    def _stopping(self, job: Job) -> None:
+        if job.id in self._stop:
+            raise JobStopped(job.id)
+        if self.service.in_flight.draining:
+            raise JobStopped("draining")
+
     async def _chunk_results(self, job: Job, chunk: int, rows: list[tuple[int, dict]],
                              check: bool) -> list[tuple[int, dict]]:
         """One chunk through the service (cancellable), retried while the model is busy or briefly away."""
         timeouts = 0
         while True:
-            if job.id in self._stop:
-                raise JobStopped(job.id)
-            if self.service.in_flight.draining:
-                raise JobStopped("draining")
-            self._chunk = asyncio.ensure_future(self._ask(job.spec, chunk, rows, check))
+            self._stopping(job)
+            self._chunk = asyncio.ensure_future(ask(self.service, job.spec, chunk, rows, check))
             try:
                 return await self._chunk
             except Overloaded as exc:
@@ -196,30 +233,33 @@ class JobRunner:
             finally:
                 self._chunk = None
 
-    async def _ask(self, spec: JobSpec, chunk: int, rows: list[tuple[int, dict]],
-                   check: bool) -> list[tuple[int, dict]]:
-        texts = [text_of(values, spec.text_col) for _, values in rows]
-        asked = [i for i, text in enumerate(texts) if text]
-        results: list[dict] = [{"skipped": EMPTY} for _ in rows]
-        if not asked:
-            return [(row, result) for (row, _), result in zip(rows, results)]
-        if spec.kind == "augment":
-            labels = None
-            if check:
-                labels = [label if label in spec.labels else None
-                          for label in (label_of(rows[i][1], spec.label_col) for i in asked)]
-            answer = await self.service.augment(
-                [texts[i] for i in asked], spec.chunk_params(chunk), engine=spec.engine,
-                quality=spec.gate(self.service.gate_defaults), labels=spec.labels if check else None,
-                text_labels=labels if check else None)
-            for i, outcome in zip(asked, answer.outcomes):
-                results[i] = outcome.report(False)
-        else:
-            answer = await self.service.classify([texts[i] for i in asked], spec.labels, multi_label=spec.multi_label,
-                                                 threshold=spec.threshold, engine=spec.engine)
-            for i, item in zip(asked, answer.items):
-                results[i] = {"label": item.label, "labels": item.labels, "scores": item.scores}
+
+async def ask(service: Service, spec: JobSpec, chunk: int, rows: list[tuple[int, dict]],
+              check: bool) -> list[tuple[int, dict]]:
+    """One chunk's results (row number, result), from one call to `service` (the local runner's, or an actor's on
+    a Ray cluster)."""
+    texts = [text_of(values, spec.text_col) for _, values in rows]
+    asked = [i for i, text in enumerate(texts) if text]
+    results: list[dict] = [{"skipped": EMPTY} for _ in rows]
+    if not asked:
         return [(row, result) for (row, _), result in zip(rows, results)]
+    if spec.kind == "augment":
+        labels = None
+        if check:
+            labels = [label if label in spec.labels else None
+                      for label in (label_of(rows[i][1], spec.label_col) for i in asked)]
+        answer = await service.augment(
+            [texts[i] for i in asked], spec.chunk_params(chunk), engine=spec.engine,
+            quality=spec.gate(service.gate_defaults), labels=spec.labels if check else None,
+            text_labels=labels if check else None)
+        for i, outcome in zip(asked, answer.outcomes):
+            results[i] = outcome.report(False)
+    else:
+        answer = await service.classify([texts[i] for i in asked], spec.labels, multi_label=spec.multi_label,
+                                        threshold=spec.threshold, engine=spec.engine)
+        for i, item in zip(asked, answer.items):
+            results[i] = {"label": item.label, "labels": item.labels, "scores": item.scores}
+    return [(row, result) for (row, _), result in zip(rows, results)]
 
 
 def empty_counts(spec: JobSpec) -> dict:

@@ -193,6 +193,10 @@ class JobStore:
                                  (time.time(), _dumps(notes), job_id)).rowcount
         return bool(changed)
 
+    def set_notes(self, job_id: str, notes: list[str]) -> None:
+        with self._db() as db:
+            db.execute("UPDATE jobs SET notes = ? WHERE id = ?", (_dumps(notes), job_id))
+
     def input_rows(self, job_id: str, first: int, last: int) -> list[tuple[int, dict]]:
         """Rows `first`..`last` (1-based, inclusive) as (row number, values)."""
         with self._db(write=False) as db:
