@@ -17,7 +17,8 @@ def parse_flags(argv: list[str]) -> dict:
         prog="start_dpp.sh",
         description="dpp: Chinese text augmentation and zero-shot classification (UI and API on one port).",
         epilog="Every flag can also be set as a DPP_* environment variable (flags win). "
-               "Launcher-only flags: --setup-only (prepare .venv and exit), --dev (also install test packages).",
+               "Launcher-only flags: --setup-only (prepare .venv and exit), --ray (also install Ray, for "
+               "--job-executor ray), --dev (also install test packages and Ray).",
     )
     for f in setting_fields():
         if f.metadata["secret"]:

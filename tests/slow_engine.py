@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
+import app.engines
 import webui
-from app import server
 from app.params import GenerationParams
 
 
@@ -47,5 +47,5 @@ def echoed(text: str, count: int) -> list[str]:
 
 if __name__ == "__main__":
     pause_s = float(os.environ.get("DPP_TEST_ENGINE_PAUSE_S", "2"))
-    server.load_engine = lambda settings, name: SlowEchoEngine(pause_s)
+    app.engines.load_engine = lambda settings, name: SlowEchoEngine(pause_s)  # what engine_loaders calls
     sys.exit(webui.main(sys.argv[1:]))

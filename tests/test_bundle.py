@@ -225,9 +225,10 @@ def test_a_cuda_bundle_on_an_older_driver_says_what_to_do_before_starting(bundle
         assert result.returncode == 0, result.stderr
 
 
-def test_the_checkout_only_flags_are_refused_in_a_bundle(bundle, tools):
-    result = launcher(bundle, "--dev", tools=tools)
-    assert result.returncode == 3 and "--dev" in result.stderr
+@pytest.mark.parametrize("flag", ["--dev", "--ray"])
+def test_the_checkout_only_flags_are_refused_in_a_bundle(bundle, tools, flag):
+    result = launcher(bundle, flag, tools=tools)
+    assert result.returncode == 3 and flag in result.stderr
 
 
 def test_help_works_from_the_bundle(bundle, tools):
