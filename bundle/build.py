@@ -30,7 +30,7 @@ from app.errors import ModelUnavailable
 from app.settings import CT2_DIR_NAME, MODEL_ID, ROOT, Settings
 from bundle.convert import ConvertError, convert, convert_ct2
 from bundle.cuda import (PYPI_VARIANT, CudaVariant, LockError, index_args, lock_lines, locked_torch_version, make_lock,
-                         normal, torch_build, variant, where_to_get)
+                         package_of, torch_build, variant, where_to_get)
 from bundle.progress import Progress, human_size
 
 PROFILES = ("cpu", "gpu", "cpu-lite")
@@ -174,7 +174,7 @@ def install_packages(site: Path, profile: str, torch_index: str, pip_args: list[
     torch's version and build ("none" for cpu-lite, which installs the lock without LITE_LEAVES_OUT)."""
     lines = lock_lines(ROOT / "requirements.lock")
     if profile == "cpu-lite":
-        kept = [line for line in lines if normal(re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0]) not in LITE_LEAVES_OUT]
+        kept = [line for line in lines if package_of(line) not in LITE_LEAVES_OUT]
         _pip(kept, site, "install packages", list(pip_args))
         return "none", "none"
     try:

@@ -94,6 +94,11 @@ def normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def package_of(line: str) -> str:
+    """The normalised package name of a requirement line ('PyYAML==6.0.3' -> 'pyyaml')."""
+    return normal(re.split(r"[=<>!~ ;\[]", line, maxsplit=1)[0])
+
+
 def lock_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text("utf-8").splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
@@ -109,7 +114,7 @@ def locked_torch_version() -> str:
 def pins_beyond(report: dict, locked: list[str]) -> list[str]:
     """From pip's installation report, every package that neither torch nor requirements.lock (`locked`) is,
     as name==version; a package of requirements.lock at another version is an error."""
-    versions = {normal(line.split("==", 1)[0]): line.split("==", 1)[1] for line in locked if "==" in line}
+    versions = {package_of(line): line.split("==", 1)[1] for line in locked if "==" in line}
     pins = []
     for item in report["install"]:
         name, version = item["metadata"]["name"], item["metadata"]["version"]

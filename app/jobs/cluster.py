@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CHUNKS_PER_BLOCK = 2  # what a node that dies loses and Ray runs again; small, as a chunk is seconds of model time
 NAMESPACE = "dpp"
+NOTE = "在 Ray 集群上运行"  # how a job's note about the cluster begins (one such note per job)
 CONNECT_TIMEOUT_S = 5.0
 ACTORS_READY_WITHIN_S = 900  # a model over NFS on a cold node can take minutes to load
 
@@ -77,7 +78,7 @@ class RayCluster:
         nodes = [node for node in ray.nodes() if node["Alive"]]
         total = ray.cluster_resources()
         gpus = int(total.get("GPU", 0))
-        return (f"在 Ray 集群上运行：{len(nodes)} 个节点，" +
+        return (f"{NOTE}：{len(nodes)} 个节点，" +
                 (f"{gpus} 块 GPU" if gpus else f"{int(total.get('CPU', 0))} 个 CPU 核"))
 
     async def chunks(self, job: Job, check: bool, store: JobStore) -> AsyncIterator[tuple[int, list]]:

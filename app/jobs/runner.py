@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from app import gate
 from app.errors import DppError, NotReady, Overloaded, RequestTimeout
+from app.jobs.cluster import NOTE as CLUSTER_NOTE
 from app.jobs.cluster import ClusterUnavailable, RayCluster
 from app.jobs.spec import JobSpec
 from app.jobs.store import Job, JobStore
@@ -124,7 +125,7 @@ class JobRunner:
         check = self._label_check(job, notes)
         if self.cluster is not None:
             where = await asyncio.to_thread(self.cluster.describe)
-            notes = [note for note in notes if not note.startswith(where.split("：")[0])] + [where]
+            notes = [note for note in notes if not note.startswith(CLUSTER_NOTE)] + [where]
         if not await asyncio.to_thread(self.store.start, job.id, notes):
             raise JobStopped(job.id)
         log.info("job %s %s: rows %d-%d of %d", job.id, "resumes" if job.chunks_done else "starts",
